@@ -1,0 +1,86 @@
+"""Atomic file output and dataset fingerprints.
+
+Every long job writes to a temporary name beside the target and renames it into place only when complete, so an
+interrupted run never leaves a valid-looking partial file: readers only ever see either nothing or a whole file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+
+TMP_MARK = ".tmp-"
+
+
+def tmp_path_for(path: str) -> str:
+    """A unique temporary path in the same directory as `path` (same filesystem, so rename is atomic)."""
+    d, base = os.path.split(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f"{base}{TMP_MARK}", dir=d)
+    os.close(fd)
+    return tmp
+
+
+def fsync_dir(path: str) -> None:
+    with contextlib.suppress(OSError):  # some filesystems refuse fsync on directories
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def commit(tmp: str, final: str) -> None:
+    """fsync `tmp` and atomically rename it to `final`."""
+    with open(tmp, "rb+") as f:
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, final)
+    fsync_dir(os.path.dirname(os.path.abspath(final)))
+
+
+@contextlib.contextmanager
+def atomic_write(path: str, mode: str = "wb") -> Iterator:
+    """Open a temporary file for writing; on success it replaces `path`, on error it is removed."""
+    tmp = tmp_path_for(path)
+    try:
+        with open(tmp, mode) as f:
+            yield f
+        commit(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
+
+
+def atomic_copy(src: str, dst: str) -> None:
+    with open(src, "rb") as fin, atomic_write(dst) as fout:
+        shutil.copyfileobj(fin, fout, 1 << 22)
+
+
+def sha256_file(path: str, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            b = f.read(chunk)
+            if not b:
+                break
+            h.update(b)
+    return h.hexdigest()
+
+
+def remove_stale_tmp(path: str) -> int:
+    """Remove temporary files left beside `path` by an interrupted writer. Returns how many were removed."""
+    d, base = os.path.split(os.path.abspath(path))
+    n = 0
+    if os.path.isdir(d):
+        for name in os.listdir(d):
+            if name.startswith(base + TMP_MARK):
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(os.path.join(d, name))
+                    n += 1
+    return n

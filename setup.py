@@ -1,0 +1,78 @@
+"""megatron_tf: Megatron-style GPT pretraining with token-level data filtering.
+
+The CUDA extension (`megatron_tf._C`, fused masked vocab-parallel cross-entropy) is built only when the installed
+torch is a CUDA build *and* nvcc is found; otherwise the package installs as pure Python and the exact PyTorch
+reference path is used (see megatron_tf/ops/). Build on a GPU machine with
+`pip install --no-build-isolation -e .` so the extension compiles against the torch already installed there.
+"""
+
+import os
+import sys
+
+from setuptools import find_packages, setup
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _cuda_extension():
+    """Return (ext_modules, cmdclass) for the CUDA extension, or ([], {}) when it cannot be built here."""
+    if os.environ.get("MEGATRON_TF_NO_CUDA_EXT", "0") == "1":
+        return [], {}
+    try:
+        import torch
+        from torch.utils import cpp_extension
+    except ImportError:  # torch not installed yet (fresh build env): pure-Python install
+        return [], {}
+    if not (torch.version.cuda and cpp_extension.CUDA_HOME):
+        print("megatron_tf: CPU torch or no nvcc; skipping the CUDA extension (PyTorch fallback is used)",
+              file=sys.stderr)
+        return [], {}
+    archs = os.environ.get("TORCH_CUDA_ARCH_LIST")
+    nvcc_flags = ["-O3", "--use_fast_math", "-lineinfo", "-std=c++17"]
+    if not archs:
+        nvcc_flags += ["-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90,code=sm_90"]
+    ext = cpp_extension.CUDAExtension(
+        name="megatron_tf._C",
+        sources=[os.path.join("csrc", "binding.cpp"), os.path.join("csrc", "masked_xent.cu")],
+        include_dirs=[os.path.join(HERE, "csrc")],
+        extra_compile_args={"cxx": ["-O3", "-std=c++17"], "nvcc": nvcc_flags},
+    )
+    return [ext], {"build_ext": cpp_extension.BuildExtension}
+
+
+ext_modules, cmdclass = _cuda_extension()
+
+setup(
+    name="megatron_tf",
+    version="0.1.0",
+    description="Megatron-style GPT pretraining with token-level data filtering (Rathi & Radford, 2026)",
+    long_description=open(os.path.join(HERE, "README.md"), encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["megatron_tf", "megatron_tf.*"]),
+    package_data={"megatron_tf": ["py.typed"]},
+    # torch is deliberately unpinned from above only: GPU machines keep their CUDA build. On a CPU machine install
+    # torch==2.13.0 first (scripts/install.sh does), or pip resolves a 5.5 GB CUDA wheel.
+    install_requires=[
+        "torch>=2.4",
+        "numpy>=1.24",
+        "sentencepiece>=0.2",
+        "protobuf>=4",  # sentencepiece character offsets (return_type="proto")
+        "tokenizers>=0.15",
+        "safetensors>=0.4",
+        "tqdm>=4.60",
+        "zstandard>=0.21",
+        "matplotlib>=3.7",
+    ],
+    extras_require={
+        "test": ["pytest>=7", "pytest-xdist>=3", "ruff>=0.5", "transformers>=4.40"],
+        "hf": ["transformers>=4.40"],
+        "megatron": ["megatron-core>=0.9"],  # side-by-side format checks and benchmarks
+        "deepspeed": ["deepspeed>=0.14"],
+        "sae": ["sae-lens>=6", "transformers>=4.40"],
+        "gpu": ["ninja"],  # flash-attn / NVIDIA apex are optional imports; install them yourself (not PyPI 'apex')
+    },
+    ext_modules=ext_modules,
+    cmdclass=cmdclass,
+    scripts=[],
+)
