@@ -9,7 +9,7 @@ The `.idx` is never modified. For a dataset prefix `P` and an annotation name `N
     P.N.docscores   float32 [num_documents, C] per-document scores; column names in the metadata
                     (for the document-filtering baseline)
 
-Every sidecar starts with the same header (little-endian; worked example in docs/formats.md):
+Every sidecar starts with the same header (little-endian; worked example in docs/sidecar_format.md):
 
     offset  size  field
     0       8     magic b"MTFSIDE\\x00"
@@ -75,7 +75,7 @@ def quantize_threshold(threshold: float) -> int:
     """Smallest q counted as forget at `threshold`: ceil(255 * t), computed robustly against float noise."""
     if not 0.0 < threshold <= 1.0:
         raise SidecarError(f"forget threshold must be in (0, 1], got {threshold}")
-    return int(math.ceil(round(255.0 * threshold, 6)))
+    return max(1, int(math.ceil(round(255.0 * threshold, 6))))  # a tiny T > 0 must not mark q = 0 tokens
 
 
 @dataclass
@@ -121,9 +121,10 @@ def read_header(path: str) -> SidecarHeader:
             raise SidecarError(f"{path}: unsupported sidecar version: expected {SIDECAR_VERSION}, found {version}")
         if kind not in KIND_NAMES:
             raise SidecarError(f"{path}: unknown sidecar kind: expected one of {sorted(KIND_NAMES)}, found {kind}")
-        if _FIXED.size + mlen > payload_off or payload_off > file_size:
-            raise SidecarError(f"{path}: corrupt sidecar header: metadata length {mlen} and payload offset "
-                               f"{payload_off} do not fit a file of {file_size} bytes")
+        aligned = (_FIXED.size + mlen + ALIGN - 1) // ALIGN * ALIGN
+        if payload_off != aligned or payload_off > file_size:
+            raise SidecarError(f"{path}: corrupt sidecar header: metadata length {mlen} needs payload offset "
+                               f"{aligned}, header says {payload_off} (file has {file_size} bytes)")
         meta_raw = f.read(mlen)
     try:
         meta = json.loads(meta_raw.decode("utf-8"))
@@ -153,6 +154,69 @@ def _check_matches(path: str, h: SidecarHeader, ds: IndexedDataset, fingerprint:
             f"sidecar {path} does not match dataset {ds.idx_path} + {ds.bin_path}: sidecar fingerprint "
             f"{h.fingerprint[:16]}..., dataset fingerprint {fingerprint[:16]}... (the dataset was rebuilt or the "
             "sidecar belongs to another dataset; re-run tools/annotate.py)")
+
+
+class SidecarWriter:
+    """Streams a sidecar: header first, then payload pieces in order, into a temporary file beside `path`.
+
+    `commit()` checks that exactly `header.payload_nbytes()` payload bytes were written, fsyncs and renames into
+    place; `abort()` (or an exception inside `with`) removes the temporary file. For payloads larger than memory.
+    """
+
+    def __init__(self, path: str, header: SidecarHeader):
+        self.path, self.header = path, header
+        self._tmp = tmp_path_for(path)
+        self._f = open(self._tmp, "wb")
+        self._f.write(header.encode())
+        self.written = 0
+
+    def write(self, payload: np.ndarray) -> None:
+        payload = np.ascontiguousarray(payload)
+        self.written += payload.nbytes
+        if self.written > self.header.payload_nbytes():
+            raise SidecarError(f"{self.path}: payload exceeds the {self.header.payload_nbytes()} bytes the header "
+                               "announces")
+        payload.tofile(self._f)
+
+    def commit(self) -> str:
+        self._f.close()
+        if self.written != self.header.payload_nbytes():
+            self.abort()
+            raise SidecarError(f"{self.path}: payload has {self.written} bytes, header expects "
+                               f"{self.header.payload_nbytes()}")
+        commit(self._tmp, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        if not self._f.closed:
+            self._f.close()
+        if os.path.exists(self._tmp):
+            os.remove(self._tmp)
+
+    def __enter__(self) -> SidecarWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.abort()
+
+
+class BitPacker:
+    """Packs a stream of bool arrays of any lengths into the little-endian bit layout of one `np.packbits` call."""
+
+    def __init__(self):
+        self._carry = np.zeros(0, dtype=bool)
+
+    def feed(self, flags: np.ndarray) -> np.ndarray:
+        bits = np.concatenate([self._carry, np.asarray(flags, dtype=bool)])
+        whole = bits.size // 8 * 8
+        self._carry = bits[whole:]
+        return np.packbits(bits[:whole], bitorder="little")
+
+    def finish(self) -> np.ndarray:
+        out = np.packbits(self._carry, bitorder="little")  # zero-padded last byte
+        self._carry = np.zeros(0, dtype=bool)
+        return out
 
 
 def write_sidecar(path: str, header: SidecarHeader, payload: np.ndarray) -> None:
@@ -240,14 +304,31 @@ def make_header(dataset: IndexedDataset, kind: int, metadata: dict, fingerprint:
         dataset.path_prefix), dict(metadata))
 
 
+def token_scores_header(dataset: IndexedDataset, metadata: dict, fingerprint: str | None = None) -> SidecarHeader:
+    meta = {"quantization": "q = round(255 * score)", **metadata}
+    return make_header(dataset, KIND_TOKEN_SCORES, meta, fingerprint)
+
+
+def token_mask_header(dataset: IndexedDataset, threshold: float, metadata: dict,
+                      fingerprint: str | None = None) -> SidecarHeader:
+    quantize_threshold(threshold)
+    meta = {"threshold": float(threshold), "bitorder": "little", **metadata}
+    return make_header(dataset, KIND_TOKEN_MASK, meta, fingerprint)
+
+
+def document_scores_header(dataset: IndexedDataset, columns: list[str], metadata: dict,
+                           fingerprint: str | None = None) -> SidecarHeader:
+    meta = {**metadata, "columns": list(columns)}
+    return make_header(dataset, KIND_DOC_SCORES, meta, fingerprint)
+
+
 def write_token_scores(dataset: IndexedDataset, q: np.ndarray, metadata: dict, name: str = "forget",
                        fingerprint: str | None = None) -> str:
     q = np.asarray(q)
     if q.dtype != np.uint8 or q.shape != (dataset.num_tokens,):
         raise SidecarError(f"token scores must be uint8[{dataset.num_tokens}], got {q.dtype}{list(q.shape)}")
     path = sidecar_path(dataset.path_prefix, KIND_TOKEN_SCORES, name)
-    meta = {"quantization": "q = round(255 * score)", **metadata}
-    write_sidecar(path, make_header(dataset, KIND_TOKEN_SCORES, meta, fingerprint), q)
+    write_sidecar(path, token_scores_header(dataset, metadata, fingerprint), q)
     return path
 
 
@@ -256,10 +337,9 @@ def write_token_mask(dataset: IndexedDataset, flags: np.ndarray, threshold: floa
     flags = np.asarray(flags, dtype=bool)
     if flags.shape != (dataset.num_tokens,):
         raise SidecarError(f"token mask must be bool[{dataset.num_tokens}], got {list(flags.shape)}")
-    quantize_threshold(threshold)
     path = sidecar_path(dataset.path_prefix, KIND_TOKEN_MASK, name)
-    meta = {"threshold": float(threshold), "bitorder": "little", **metadata}
-    write_sidecar(path, make_header(dataset, KIND_TOKEN_MASK, meta, fingerprint), np.packbits(flags, bitorder="little"))
+    write_sidecar(path, token_mask_header(dataset, threshold, metadata, fingerprint),
+                  np.packbits(flags, bitorder="little"))
     return path
 
 
@@ -270,6 +350,5 @@ def write_document_scores(dataset: IndexedDataset, values: np.ndarray, columns: 
         raise SidecarError(f"document scores must be float32[{dataset.num_documents}, {len(columns)}], "
                            f"got {list(values.shape)}")
     path = sidecar_path(dataset.path_prefix, KIND_DOC_SCORES, name)
-    meta = {**metadata, "columns": list(columns)}
-    write_sidecar(path, make_header(dataset, KIND_DOC_SCORES, meta, fingerprint), values)
+    write_sidecar(path, document_scores_header(dataset, columns, metadata, fingerprint), values)
     return path

@@ -61,6 +61,12 @@ class Tokenizer(ABC):
     @abstractmethod
     def _fingerprint_bytes(self) -> bytes: ...
 
+    def token_bytes_table(self) -> list[bytes]:
+        """UTF-8 bytes each id stands for in the text, indexed by id: concatenating the entries of a token sequence
+        gives the (normalized) text it encodes, so token i covers exactly the byte span of its own entry. Control and
+        special tokens map to b"". Used to map text matches back to tokens without re-tokenizing."""
+        raise NotImplementedError(f"{self.type_name} has no token byte table")
+
     # ---- reserved tokens -------------------------------------------------------------------------------------
     def _init_reserved(self) -> None:
         ids = {}
@@ -164,6 +170,10 @@ class SentencePieceTokenizer(Tokenizer):
             b, e = int(p.begin), int(p.end)
             start = b2c[b]
             end = b2c[e - 1] + 1 if e > b else start
+            if e == b and start < len(text) and self._sp.is_byte(p.id):
+                # byte fallback: SentencePiece gives the leading byte pieces of a character an empty span at its
+                # start and the last one the whole character; every byte piece belongs to that character
+                end = start + 1
             offs.append((start, end))
         return ids, offs
 
@@ -172,6 +182,22 @@ class SentencePieceTokenizer(Tokenizer):
 
     def _fingerprint_bytes(self) -> bytes:
         return self._sp.serialized_model_proto()
+
+    def token_bytes_table(self) -> list[bytes]:
+        """"\u2581" -> space, byte-fallback "<0xAB>" -> that byte, control -> b"", unknown -> "\u2047" (what
+        SentencePiece's decoder prints for it). The dummy-prefix space of a text's first piece is kept."""
+        sp, out = self._sp, []
+        for i in range(self.vocab_size):
+            piece = sp.id_to_piece(i)
+            if sp.is_control(i):
+                out.append(b"")
+            elif sp.is_unknown(i):
+                out.append("\u2047".encode())
+            elif sp.is_byte(i):
+                out.append(bytes([int(piece[3:5], 16)]))
+            else:
+                out.append(piece.replace("\u2581", " ").encode("utf-8"))
+        return out
 
 
 class HFTokenizer(Tokenizer):
@@ -220,6 +246,49 @@ class HFTokenizer(Tokenizer):
     def _fingerprint_bytes(self) -> bytes:
         return self._raw
 
+    def token_bytes_table(self) -> list[bytes]:
+        """Byte-level BPE (GPT-2 alphabet, found as a ByteLevel decoder or pre-tokenizer): each character maps back to
+        its byte. Metaspace/ByteFallback models (Llama style): "\u2581" -> space, "<0xAB>" -> that byte. WordPiece:
+        "##x" -> "x", other pieces get a leading space. Special added tokens -> b"", other added tokens -> their text.
+        Other decoders raise TokenizerError."""
+        cfg = json.loads(self._raw)
+
+        def types(node) -> set[str]:
+            if not isinstance(node, dict):
+                return set()
+            found = {node.get("type", "")}
+            for key in ("decoders", "pretokenizers"):
+                for sub in node.get(key) or []:
+                    found |= types(sub)
+            return found
+
+        dec, pre = types(cfg.get("decoder")), types(cfg.get("pre_tokenizer"))
+        byte_level = "ByteLevel" in dec or "ByteLevel" in pre
+        if not (byte_level or dec & {"Metaspace", "ByteFallback", "Replace", "WordPiece"}):
+            raise TokenizerError(f"{self.path}: no token byte table for decoder {sorted(dec - {''})}")
+        # GPT-2's byte-level alphabet: printable bytes stand for themselves, the other 68 bytes map to chr(256 + k).
+        printable = [*range(33, 127), *range(161, 173), *range(174, 256)]
+        char_to_byte = {chr(b): b for b in printable}
+        for k, b in enumerate(sorted(set(range(256)) - set(printable))):
+            char_to_byte[chr(256 + k)] = b
+        added = self._tok.get_added_tokens_decoder()
+        out = []
+        for i in range(self.vocab_size):
+            tok = self._tok.id_to_token(i)
+            if i in added:
+                out.append(b"" if added[i].special else added[i].content.encode("utf-8"))
+            elif tok is None:
+                out.append(b"")
+            elif byte_level and all(c in char_to_byte for c in tok):
+                out.append(bytes(char_to_byte[c] for c in tok))
+            elif "ByteFallback" in dec and len(tok) == 6 and tok.startswith("<0x") and tok.endswith(">"):
+                out.append(bytes([int(tok[3:5], 16)]))
+            elif "WordPiece" in dec:
+                out.append(tok[2:].encode("utf-8") if tok.startswith("##") else b" " + tok.encode("utf-8"))
+            else:
+                out.append(tok.replace("\u2581", " ").encode("utf-8"))
+        return out
+
 
 class NullTokenizer(Tokenizer):
     """Megatron's NullTokenizer idea for tests and synthetic data: text is whitespace-separated integer ids.
@@ -266,6 +335,11 @@ class NullTokenizer(Tokenizer):
     def _fingerprint_bytes(self) -> bytes:
         return json.dumps({"vocab_size": self._vocab_size}).encode()
 
+    def token_bytes_table(self) -> list[bytes]:
+        """Id i -> b"<i> " (decimal and a space, so a document reads as its detokenized text); reserved -> b""."""
+        n = self._vocab_size - 3
+        return [f"{i} ".encode() for i in range(n)] + [b""] * 3
+
 
 _ALIASES = {
     "SentencePieceTokenizer": "sp",
@@ -283,7 +357,8 @@ def build_tokenizer(tokenizer_type: str, tokenizer_model: str | None = None, voc
     """Build a tokenizer from Megatron-style `--tokenizer-type` / `--tokenizer-model` (or `--vocab-size` for Null)."""
     kind = _ALIASES.get(tokenizer_type)
     if kind is None:
-        raise TokenizerError(f"unknown --tokenizer-type {tokenizer_type!r}; expected one of {', '.join(TOKENIZER_TYPES)}")
+        raise TokenizerError(
+            f"unknown --tokenizer-type {tokenizer_type!r}; expected one of {', '.join(TOKENIZER_TYPES)}")
     if kind == "null":
         if vocab_size is None:
             raise TokenizerError("NullTokenizer needs --vocab-size")

@@ -21,7 +21,13 @@ def tmp_path_for(path: str) -> str:
     d, base = os.path.split(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f"{base}{TMP_MARK}", dir=d)
-    os.close(fd)
+    try:
+        # mkstemp creates 0600 files; give the final file the permissions open() would (0666 minus the umask)
+        mask = os.umask(0)
+        os.umask(mask)
+        os.fchmod(fd, 0o666 & ~mask)
+    finally:
+        os.close(fd)
     return tmp
 
 

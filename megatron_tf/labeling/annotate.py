@@ -1,0 +1,477 @@
+"""Annotation runner: label every token of an indexed dataset and write the forget sidecars beside it.
+
+    P.N.tokscores   uint8 per token, q = round(255 * score)
+    P.N.docscores   float32 per document, columns mean_score, max_score, frac_ge_<T> (T = --doc-frac-threshold)
+    P.N.tokmask     packed bits q >= ceil(255 * T) (only with --write-mask-threshold T)
+
+Document scores are functions of the stored q (so they equal what data/filters.py computes from the token scores):
+mean_score = mean(q) / 255, max_score = max(q) / 255, frac_ge_T = fraction of tokens with q >= ceil(255 T); all 0
+for an empty document.
+
+The dataset is processed in chunks of --chunk-docs documents in document order. Each finished chunk is saved
+atomically in the work directory P.N.annotate-work/ (chunk-XXXXXXXX.doc.npy then chunk-XXXXXXXX.tok.npy; the .tok
+file marks the chunk complete), next to manifest.json which records what the chunks were computed for (dataset
+fingerprint, sizes, chunk size, labeler describe(), tokenizer fingerprint, doc columns, creation time). A re-run
+with the same arguments verifies the manifest, keeps the complete chunks, labels the rest, then streams the chunks in
+order into the sidecars (temporary names, renamed into place) and removes the work directory. Chunks are pure
+functions of (dataset, labeler, chunk index), so the result is byte-identical whatever the number of workers and
+however often the run was interrupted. The creation time is taken from SOURCE_DATE_EPOCH when set (reproducible
+builds), else the clock at the first start, and kept across resumes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+
+import numpy as np
+
+from .. import __version__
+from ..config.cli import opt
+from ..data.indexed_dataset import IndexedDataset
+from ..data.sidecar import (
+    KIND_DOC_SCORES,
+    KIND_TOKEN_MASK,
+    KIND_TOKEN_SCORES,
+    BitPacker,
+    SidecarWriter,
+    document_scores_header,
+    quantize_scores,
+    quantize_threshold,
+    sidecar_path,
+    token_mask_header,
+    token_scores_header,
+)
+from ..tokenizer.tokenizer import TOKENIZER_TYPES, build_tokenizer
+from ..utils.io import TMP_MARK, atomic_write, remove_stale_tmp
+from ..utils.logging import get_logger
+from .labeler import TokenLabeler, check_scores
+
+log = get_logger(__name__)
+
+MANIFEST_FORMAT = 1
+LABELERS = ("blocklist",)
+
+
+@dataclass
+class AnnotateConfig:
+    """Annotate a dataset with forget scores (tools/annotate.py)."""
+
+    data_prefix: str = field(default="", metadata=opt("Dataset prefix P (P.bin + P.idx)."))
+    labeler: str = field(default="blocklist", metadata=opt("Token labeler.", choices=LABELERS))
+    terms: str | None = field(default=None, metadata=opt("Blocklist terms file (one term per line).",
+                                                          metavar="FILE"))
+    plurals: bool = field(default=True, metadata=opt("Blocklist: terms also match with 's'/'es' appended."))
+    tokenizer_type: str | None = field(default=None, metadata=opt("Tokenizer the dataset was made with.",
+                                                                  choices=TOKENIZER_TYPES))
+    tokenizer_model: str | None = field(default=None, metadata=opt("Tokenizer model file."))
+    vocab_size: int | None = field(default=None, metadata=opt("Vocabulary size (NullTokenizer only)."))
+    name: str = field(default="forget", metadata=opt("Annotation name N: sidecars are P.N.tokscores etc."))
+    write_mask_threshold: float | None = field(default=None, metadata=opt(
+        "Also write the packed bit mask P.N.tokmask of tokens with q >= ceil(255 T).", metavar="T"))
+    doc_frac_threshold: float = field(default=0.5, metadata=opt(
+        "Document column frac_ge_T: fraction of the document's tokens with q >= ceil(255 T).", metavar="T"))
+    workers: int = field(default=1, metadata=opt("Labeling processes."))
+    chunk_docs: int = field(default=1024, metadata=opt("Documents per chunk (unit of work and of resumption)."))
+    restart: bool = field(default=False, metadata=opt(
+        "Discard a work directory left by a run with different settings instead of failing."))
+    progress: bool = field(default=True, metadata=opt("Show a progress bar."))
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ValueError(f"--workers must be >= 1, got {self.workers}")
+        if self.chunk_docs < 1:
+            raise ValueError(f"--chunk-docs must be >= 1, got {self.chunk_docs}")
+        quantize_threshold(self.doc_frac_threshold)
+        if self.write_mask_threshold is not None:
+            quantize_threshold(self.write_mask_threshold)
+
+
+def frac_column(threshold: float) -> tuple[str, float]:
+    """Column name frac_ge_<T> and the threshold it stands for: T with two decimals (0.50) when that is exact, else
+    up to six; readers (data/filters.py) parse T back from the name, so the name is the threshold used."""
+    text = f"{threshold:.2f}" if round(threshold, 2) == threshold else f"{threshold:.6f}".rstrip("0")
+    quantize_threshold(float(text))
+    return f"frac_ge_{text}", float(text)
+
+
+def doc_columns(doc_frac_threshold: float) -> list[str]:
+    return ["mean_score", "max_score", frac_column(doc_frac_threshold)[0]]
+
+
+def work_dir_for(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}.annotate-work"
+
+
+def _chunk_paths(work: str, c: int) -> tuple[str, str]:
+    base = os.path.join(work, f"chunk-{c:08d}")
+    return base + ".tok.npy", base + ".doc.npy"
+
+
+def document_stats(q: np.ndarray, lengths: np.ndarray, frac_threshold: float) -> np.ndarray:
+    """float32 [len(lengths), 3]: mean(q)/255, max(q)/255, mean(q >= ceil(255 T)) per document (0 when empty)."""
+    out = np.zeros((lengths.size, 3), dtype=np.float32)
+    nonempty = lengths > 0
+    if not nonempty.any():
+        return out
+    starts = (np.cumsum(lengths) - lengths)[nonempty]
+    n = lengths[nonempty].astype(np.float64)
+    qt = quantize_threshold(frac_threshold)
+    out[nonempty, 0] = (np.add.reduceat(q.astype(np.int64), starts) / n / 255.0).astype(np.float32)
+    out[nonempty, 1] = (np.maximum.reduceat(q, starts) / 255.0).astype(np.float32)
+    out[nonempty, 2] = (np.add.reduceat((q >= qt).astype(np.int64), starts) / n).astype(np.float32)
+    return out
+
+
+# ---- one chunk (runs in the main process or in a worker) ---------------------------------------------------------
+class _ChunkJob:
+    def __init__(self, prefix: str, labeler: TokenLabeler, work: str, chunk_docs: int, frac_threshold: float):
+        self.prefix, self.labeler, self.work = prefix, labeler, work
+        self.chunk_docs, self.frac_threshold = chunk_docs, frac_threshold
+        self._ds: IndexedDataset | None = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_ds": None}
+
+    def run(self, c: int) -> int:
+        if self._ds is None:
+            self._ds = IndexedDataset(self.prefix)
+            self._offs = self._ds.document_token_offsets()
+        d0 = c * self.chunk_docs
+        d1 = min(d0 + self.chunk_docs, self._ds.num_documents)
+        offs = self._offs[d0 : d1 + 1]
+        tokens = np.asarray(self._ds.tokens(int(offs[0]), int(offs[-1])))
+        rel = offs - offs[0]
+        docs = [tokens[rel[k] : rel[k + 1]] for k in range(d1 - d0)]
+        name = getattr(self.labeler, "name", type(self.labeler).__name__)
+        try:
+            flat = check_scores(docs, self.labeler.score_documents(docs), name)
+        except ValueError as e:
+            raise ValueError(f"{self.prefix}: documents [{d0}, {d1}) (chunk {c}): {e}") from e
+        q = quantize_scores(flat)
+        stats = document_stats(q, np.diff(rel), self.frac_threshold)
+        tok_path, doc_path = _chunk_paths(self.work, c)
+        with atomic_write(doc_path) as f:
+            np.save(f, stats, allow_pickle=False)
+        with atomic_write(tok_path) as f:  # written last: its presence marks the chunk complete
+            np.save(f, q, allow_pickle=False)
+        return int(q.size)
+
+
+_WORKER_JOB: _ChunkJob | None = None
+
+
+def _worker_init(job: _ChunkJob) -> None:
+    global _WORKER_JOB
+    _WORKER_JOB = job
+
+
+def _worker_run(c: int) -> tuple[int, int]:
+    assert _WORKER_JOB is not None
+    return c, _WORKER_JOB.run(c)
+
+
+# ---- validation ----------------------------------------------------------------------------------------------------
+def check_tokenizer(ds: IndexedDataset, tokenizer, fingerprint: str | None = None) -> dict:
+    """The tokenizer must be the dataset's (P.meta.json, when present) and cover every token id.
+
+    P.meta.json (written by preprocessing) gives `tokenizer.fingerprint` and `max_token_id`; one whose
+    `dataset.fingerprint` is not this dataset's is stale and ignored (with a warning). Without a usable meta.json the
+    `.bin` is scanned for its largest id. Returns {"source": "meta.json" | "scan", "max_token_id": ...}.
+    """
+    meta_path = ds.path_prefix + ".meta.json"
+    max_id = None
+    meta = None
+    if os.path.isfile(meta_path):
+        with open(meta_path, encoding="utf-8") as f:
+            try:
+                meta = json.load(f)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{meta_path}: not valid JSON: {e}") from e
+        stated = (meta.get("dataset") or {}).get("fingerprint")
+        actual = fingerprint or ds.fingerprint()
+        if stated is not None and stated != actual:
+            log.warning("%s describes dataset %s..., not %s (%s...): ignored", meta_path, stated[:16], ds.path_prefix,
+                        actual[:16])
+            meta = None
+    if meta is not None:
+        tok = meta.get("tokenizer") or {}
+        fp = tok.get("fingerprint")
+        if fp is not None and fp != tokenizer.fingerprint:
+            raise ValueError(
+                f"tokenizer mismatch: {meta_path} says the dataset was made with tokenizer fingerprint {fp} "
+                f"({tok.get('type', '?')} {tok.get('path', '')}), but the given tokenizer {tokenizer.path} "
+                f"({tokenizer.type_name}) has fingerprint {tokenizer.fingerprint}")
+        if meta.get("max_token_id") is not None:
+            max_id = int(meta["max_token_id"])
+    source = "meta.json" if max_id is not None else "scan"
+    if max_id is None:
+        max_id = -1
+        block = 1 << 24
+        for a in range(0, ds.num_tokens, block):
+            max_id = max(max_id, int(np.asarray(ds.tokens(a, min(a + block, ds.num_tokens))).max()))
+    if max_id >= tokenizer.vocab_size:
+        where = meta_path if source == "meta.json" else ds.bin_path
+        raise ValueError(f"{where}: dataset has token id {max_id}, outside the vocabulary of tokenizer "
+                         f"{tokenizer.path} (vocab_size {tokenizer.vocab_size}): wrong --tokenizer-model?")
+    return {"source": source, "max_token_id": max_id}
+
+
+def _created_now() -> str:
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    t = int(epoch) if epoch else int(time.time())
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
+def _open_work_dir(work: str, key: dict, restart: bool) -> str:
+    """Create or verify the work directory; returns the creation time kept in the manifest."""
+    manifest = os.path.join(work, "manifest.json")
+    if os.path.isfile(manifest):
+        with open(manifest, encoding="utf-8") as f:
+            old = json.load(f)
+        diffs = [k for k in sorted(set(key) | set(old.get("key", {}))) if old.get("key", {}).get(k) != key.get(k)]
+        if diffs:
+            if not restart:
+                lines = "; ".join(f"{k}: work dir has {old.get('key', {}).get(k)!r}, this run has {key.get(k)!r}"
+                                  for k in diffs)
+                raise ValueError(f"{manifest}: the unfinished annotation there was made with different settings "
+                                 f"({lines}). Re-run with the same settings to resume, or pass --restart to discard "
+                                 "it.")
+            log.warning("discarding %s (settings changed: %s)", work, ", ".join(diffs))
+            shutil.rmtree(work)
+        else:
+            return str(old["created"])
+    elif os.path.isdir(work):
+        shutil.rmtree(work)  # killed before the manifest was written: nothing in it is usable
+    os.makedirs(work, exist_ok=True)
+    created = _created_now()
+    with atomic_write(manifest, "w") as f:
+        json.dump({"format": MANIFEST_FORMAT, "key": key, "created": created}, f, indent=1, sort_keys=True)
+    return created
+
+
+def _chunk_ok(work: str, c: int, ntok: int, ndoc: int) -> bool:
+    tok_path, doc_path = _chunk_paths(work, c)
+    if not (os.path.isfile(tok_path) and os.path.isfile(doc_path)):
+        return False
+    try:
+        q = np.load(tok_path, mmap_mode="r", allow_pickle=False)
+        d = np.load(doc_path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError) as e:
+        log.warning("chunk %d in %s is unreadable (%s); labeling it again", c, work, e)
+        return False
+    if q.dtype != np.uint8 or q.shape != (ntok,) or d.dtype != np.float32 or d.shape != (ndoc, 3):
+        log.warning("chunk %d in %s has shapes %s/%s, expected (%d,)/(%d, 3); labeling it again", c, work, q.shape,
+                    d.shape, ntok, ndoc)
+        return False
+    return True
+
+
+# ---- the run -------------------------------------------------------------------------------------------------------
+@dataclass
+class AnnotateSummary:
+    paths: list[str]
+    num_tokens: int
+    num_documents: int
+    thresholds: list[float]
+    token_fraction: dict[float, float]  # tokens with q >= ceil(255 t)
+    doc_fraction_any: dict[float, float]  # documents with at least one such token (max_score >= t)
+    doc_fraction_mean: dict[float, float]  # documents with mean_score >= t
+    doc_fraction_frac: float  # documents with frac_ge_T >= 0.5 (T = doc_frac_threshold)
+    doc_frac_threshold: float
+    seconds: float
+    resumed_chunks: int
+
+    def format(self) -> str:
+        rate = self.num_tokens / max(self.seconds, 1e-9)
+        lines = [f"annotated {self.num_tokens:,} tokens in {self.num_documents:,} documents in {self.seconds:.1f} s "
+                 f"({rate:,.0f} tokens/s)"
+                 + (f" ({self.resumed_chunks} chunks kept from an interrupted run)" if self.resumed_chunks else "")]
+        for t in self.thresholds:
+            lines.append(f"  threshold {t:.2f}: {self.token_fraction[t]:.2%} of tokens flagged; documents with "
+                         f"max_score >= {t:.2f}: {self.doc_fraction_any[t]:.2%}, mean_score >= {t:.2f}: "
+                         f"{self.doc_fraction_mean[t]:.2%}")
+        lines.append(f"  documents with {frac_column(self.doc_frac_threshold)[0]} >= 0.50: "
+                     f"{self.doc_fraction_frac:.2%}")
+        lines += [f"  wrote {p}" for p in self.paths]
+        return "\n".join(lines)
+
+
+def annotate(prefix: str, labeler: TokenLabeler, tokenizer, *, name: str = "forget",
+             write_mask_threshold: float | None = None, doc_frac_threshold: float = 0.5, workers: int = 1,
+             chunk_docs: int = 1024, restart: bool = False, progress: bool = True) -> AnnotateSummary:
+    """Label `prefix` with `labeler` and write P.name.{tokscores,docscores[,tokmask]}. Resumable; see module doc."""
+    from tqdm import tqdm
+
+    t_start = time.time()
+    ds = IndexedDataset(prefix)
+    fingerprint = ds.fingerprint()
+    check = check_tokenizer(ds, tokenizer, fingerprint)
+    doc_frac_threshold = frac_column(doc_frac_threshold)[1]
+    columns = doc_columns(doc_frac_threshold)
+    tok_info = {"type": tokenizer.type_name, "fingerprint": tokenizer.fingerprint, "vocab_size": tokenizer.vocab_size}
+    key = {"format": MANIFEST_FORMAT, "dataset_fingerprint": fingerprint, "num_tokens": ds.num_tokens,
+           "num_documents": ds.num_documents, "chunk_docs": chunk_docs, "labeler": labeler.describe(),
+           "tokenizer_fingerprint": tokenizer.fingerprint, "columns": columns}
+    work = work_dir_for(prefix, name)
+    created = _open_work_dir(work, json.loads(json.dumps(key)), restart)
+    for f in os.listdir(work):  # temporaries of chunk files being written when a run was killed
+        if TMP_MARK in f:
+            os.remove(os.path.join(work, f))
+    for p in (sidecar_path(prefix, k, name) for k in (KIND_TOKEN_SCORES, KIND_TOKEN_MASK, KIND_DOC_SCORES)):
+        remove_stale_tmp(p)
+
+    doc_offs = ds.document_token_offsets()
+    nchunks = (ds.num_documents + chunk_docs - 1) // chunk_docs
+    bounds = [(c * chunk_docs, min((c + 1) * chunk_docs, ds.num_documents)) for c in range(nchunks)]
+    ntok = [int(doc_offs[b] - doc_offs[a]) for a, b in bounds]
+    done = [c for c in range(nchunks) if _chunk_ok(work, c, ntok[c], bounds[c][1] - bounds[c][0])]
+    todo = sorted(set(range(nchunks)) - set(done))
+    if done:
+        log.info("%s: resuming, %d of %d chunks already labeled", work, len(done), nchunks)
+    job = _ChunkJob(prefix, labeler, work, chunk_docs, doc_frac_threshold)
+    bar = tqdm(total=ds.num_tokens, initial=sum(ntok[c] for c in done), unit="tok", unit_scale=True,
+               desc=f"annotate {os.path.basename(prefix)}", disable=not progress, smoothing=0.1)
+    try:
+        if workers == 1 or len(todo) <= 1:
+            for c in todo:
+                bar.update(job.run(c))
+        else:
+            _run_pool(job, todo, workers, bar)
+    finally:
+        bar.close()
+
+    meta = {"labeler": labeler.describe(), "tokenizer": tok_info, "created": created,
+            "megatron_tf_version": __version__, "doc_frac_threshold": doc_frac_threshold,
+            "max_token_id": check["max_token_id"]}
+    summary = _finalize(ds, fingerprint, work, nchunks, name, meta, columns, write_mask_threshold,
+                        doc_frac_threshold)
+    shutil.rmtree(work)
+    summary.seconds = time.time() - t_start
+    summary.resumed_chunks = len(done)
+    return summary
+
+
+def _run_pool(job: _ChunkJob, todo: list[int], workers: int, bar) -> None:
+    # spawn: workers start clean (no inherited threads or locks from the parent; safe with torch labelers).
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_worker_init,
+                             initargs=(job,)) as ex:
+        pending, it = set(), iter(todo)
+        try:
+            for c in it:
+                pending.add(ex.submit(_worker_run, c))
+                if len(pending) >= 2 * workers:
+                    finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    for f in finished:
+                        bar.update(f.result()[1])
+            for f in pending:
+                bar.update(f.result()[1])
+        except BaseException:
+            for f in pending:
+                f.cancel()
+            raise
+
+
+def _finalize(ds: IndexedDataset, fingerprint: str, work: str, nchunks: int, name: str, meta: dict,
+              columns: list[str], mask_threshold: float | None, frac_threshold: float) -> AnnotateSummary:
+    """Stream the chunks, in order, into the sidecars; count the summary on the way."""
+    prefix = ds.path_prefix
+    thresholds = sorted({0.5, frac_threshold} | ({mask_threshold} if mask_threshold is not None else set()))
+    qts = {t: quantize_threshold(t) for t in thresholds}
+    tok_count = dict.fromkeys(thresholds, 0)
+    any_count = dict.fromkeys(thresholds, 0)
+    mean_count = dict.fromkeys(thresholds, 0)
+    frac_count = 0
+    writers = [SidecarWriter(sidecar_path(prefix, KIND_DOC_SCORES, name),
+                             document_scores_header(ds, columns, meta, fingerprint)),
+               SidecarWriter(sidecar_path(prefix, KIND_TOKEN_SCORES, name), token_scores_header(ds, meta, fingerprint))]
+    packer = None
+    if mask_threshold is not None:
+        writers.append(SidecarWriter(sidecar_path(prefix, KIND_TOKEN_MASK, name),
+                                     token_mask_header(ds, mask_threshold, meta, fingerprint)))
+        packer = BitPacker()
+    try:
+        for c in range(nchunks):
+            tok_path, doc_path = _chunk_paths(work, c)
+            q = np.load(tok_path, allow_pickle=False)
+            d = np.load(doc_path, allow_pickle=False)
+            writers[0].write(d)
+            writers[1].write(q)
+            if packer is not None:
+                writers[2].write(packer.feed(q >= qts[mask_threshold]))
+            for t, qt in qts.items():
+                tok_count[t] += int(np.count_nonzero(q >= qt))
+                any_count[t] += int(np.count_nonzero(quantize_scores(d[:, 1]) >= qt))
+                mean_count[t] += int(np.count_nonzero(d[:, 0] >= t))
+            frac_count += int(np.count_nonzero(d[:, 2] >= 0.5))
+        if packer is not None:
+            writers[2].write(packer.finish())
+        paths = [w.commit() for w in writers]
+    except BaseException:
+        for w in writers:
+            with contextlib.suppress(OSError):
+                w.abort()
+        raise
+    nt, nd = max(ds.num_tokens, 1), max(ds.num_documents, 1)
+    return AnnotateSummary(
+        paths=paths, num_tokens=ds.num_tokens, num_documents=ds.num_documents, thresholds=thresholds,
+        token_fraction={t: tok_count[t] / nt for t in thresholds},
+        doc_fraction_any={t: any_count[t] / nd for t in thresholds},
+        doc_fraction_mean={t: mean_count[t] / nd for t in thresholds},
+        doc_fraction_frac=frac_count / nd, doc_frac_threshold=frac_threshold, seconds=0.0, resumed_chunks=0)
+
+
+# ---- command line ----------------------------------------------------------------------------------------------
+def build_labeler(cfg: AnnotateConfig, tokenizer) -> TokenLabeler:
+    if cfg.labeler == "blocklist":
+        if not cfg.terms:
+            raise ValueError("--labeler blocklist needs --terms FILE")
+        from .blocklist import BlocklistLabeler
+
+        return BlocklistLabeler.from_file(cfg.terms, tokenizer, plurals=cfg.plurals)
+    raise ValueError(f"unknown --labeler {cfg.labeler!r}; expected one of {LABELERS}")
+
+
+def run(cfg: AnnotateConfig) -> AnnotateSummary:
+    if not cfg.data_prefix:
+        raise ValueError("--data-prefix is required")
+    if not cfg.tokenizer_type:
+        raise ValueError("--tokenizer-type is required (the tokenizer the dataset was made with)")
+    tokenizer = build_tokenizer(cfg.tokenizer_type, cfg.tokenizer_model, cfg.vocab_size)
+    labeler = build_labeler(cfg, tokenizer)
+    return annotate(cfg.data_prefix, labeler, tokenizer, name=cfg.name, write_mask_threshold=cfg.write_mask_threshold,
+                    doc_frac_threshold=cfg.doc_frac_threshold, workers=cfg.workers, chunk_docs=cfg.chunk_docs,
+                    restart=cfg.restart, progress=cfg.progress)
+
+
+def build_parser():
+    import argparse
+
+    from ..config.cli import add_dataclass_args
+
+    p = argparse.ArgumentParser(description="Label every token of a Megatron dataset and write forget sidecars.")
+    add_dataclass_args(p, AnnotateConfig)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """tools/annotate.py: parse flags, run, print the summary. Errors in the inputs exit with status 2."""
+    import sys
+
+    from ..config.cli import dataclass_from_args
+
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = dataclass_from_args(AnnotateConfig, args)
+        summary = run(cfg)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"annotate: error: {e}", file=sys.stderr)
+        return 2
+    print(summary.format())
+    return 0

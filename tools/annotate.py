@@ -1,0 +1,20 @@
+#!/usr/bin/env python3
+"""Label every token of a Megatron dataset and write forget sidecars beside it (format: docs/sidecar_format.md;
+logic: megatron_tf/labeling/annotate.py). Resumable: re-run the same command after an interruption.
+
+    python tools/annotate.py --data-prefix data/corpus_text_document --labeler blocklist \
+        --terms data/demo/medical_terms.txt --tokenizer-type SentencePieceTokenizer --tokenizer-model tok.model \
+        [--name forget] [--write-mask-threshold 0.5] [--doc-frac-threshold 0.5] [--workers 2] [--chunk-docs 1024]
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from megatron_tf.labeling.annotate import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main())
