@@ -28,14 +28,17 @@ def _cuda_extension():
               file=sys.stderr)
         return [], {}
     archs = os.environ.get("TORCH_CUDA_ARCH_LIST")
-    nvcc_flags = ["-O3", "--use_fast_math", "-lineinfo", "-std=c++17"]
+    # No -std flag: torch's BuildExtension picks the C++ standard its headers need (c++17 or c++20 by version).
+    # The kernels use explicit ex2/lg2.approx instructions, so they do not depend on --use_fast_math.
+    nvcc_flags = ["-O3", "-lineinfo"]
     if not archs:
         nvcc_flags += ["-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90,code=sm_90"]
     ext = cpp_extension.CUDAExtension(
         name="megatron_tf._C",
         sources=[os.path.join("csrc", "binding.cpp"), os.path.join("csrc", "masked_xent.cu")],
         include_dirs=[os.path.join(HERE, "csrc")],
-        extra_compile_args={"cxx": ["-O3", "-std=c++17"], "nvcc": nvcc_flags},
+        depends=[os.path.join("csrc", "masked_xent.h"), os.path.join("csrc", "xent_math.h")],
+        extra_compile_args={"cxx": ["-O3"], "nvcc": nvcc_flags},
     )
     return [ext], {"build_ext": cpp_extension.BuildExtension}
 

@@ -1,0 +1,1 @@
+"""Python fronts of the optional CUDA extension (megatron_tf._C) with exact PyTorch fallbacks."""
