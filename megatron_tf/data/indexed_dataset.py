@@ -113,7 +113,8 @@ class IndexReader:
             )
         (version,) = struct.unpack("<Q", header[9:17])
         if version != INDEX_VERSION:
-            raise IndexedDatasetError(f"{idx_path}: unsupported index version: expected {INDEX_VERSION}, found {version}")
+            raise IndexedDatasetError(
+                f"{idx_path}: unsupported index version: expected {INDEX_VERSION}, found {version}")
         code = header[17]
         if code not in DTYPE_CODES:
             raise IndexedDatasetError(

@@ -1,0 +1,165 @@
+"""Blending several GPT datasets by weight, with megatron-core's arithmetic (blended_megatron_dataset_builder.py,
+blended_dataset.py, helpers.cpp build_blending_indices), so the same blend gives the same sample order.
+
+- weights are normalised: w_i / sum(w).
+- each component dataset is built with ceil(ceil(size * w_i) * (1 + surplus)) samples (surplus 0.005 by default:
+  a 0.5% margin so the blend never runs past a component), and the blend has sum_i ceil(size * w_i) samples.
+- blending index (greedy, error-minimising): for blend position s = 0, 1, ..., pick the dataset i with the largest
+  w_i * max(s, 1) - c_i (first one on ties; c_i = samples taken so far from i, all in float64 as the C++ does);
+  dataset_index[s] = i, dataset_sample_index[s] = c_i, then c_i += 1.
+- weights None (blend by size): each component is one epoch; with a requested size the blend has
+  min(size, sum of lengths) samples with weights = lengths; without one, the exhaustive variant takes every sample
+  of every component exactly once (same greedy over the datasets not yet used up, weights = len_i / total).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import torch
+
+from ..utils.logging import get_logger
+from .index_cache import load_or_build
+
+log = get_logger(__name__)
+
+
+def normalize(weights) -> list[float]:
+    w = np.asarray(weights, dtype=np.float64)
+    if w.size == 0 or (w <= 0).any() or not np.isfinite(w).all():
+        raise ValueError(f"blend weights must be finite and > 0, got {list(weights)}")
+    return (w / w.sum()).tolist()
+
+
+def parse_blend(items: list[str] | None) -> tuple[list[str], list[float] | None] | None:
+    """Megatron's --data-path list: 'P' / 'P1 P2 ...' (weights None) or 'W1 P1 W2 P2 ...'."""
+    if not items:
+        return None
+    if len(items) % 2 == 0:
+        try:
+            weights = [float(items[i]) for i in range(0, len(items), 2)]
+        except ValueError:
+            weights = None
+        if weights is not None:
+            return [p.strip() for p in items[1::2]], weights
+    return [p.strip() for p in items], None
+
+
+def component_sizes(weights: list[float], size: int, surplus: float = 0.0) -> list[int]:
+    """Samples to request per component: ceil(ceil(size * w) * (1 + surplus))."""
+    return [int(math.ceil(math.ceil(size * w) * (1 + surplus))) for w in weights]
+
+
+def build_blending_indices(weights: list[float], size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(dataset_index int16 [size], dataset_sample_index int64 [size]) by the greedy rule (module doc)."""
+    w = [float(x) for x in weights]
+    n = len(w)
+    counts = [0] * n
+    didx = np.zeros(size, dtype=np.int16)
+    sidx = np.zeros(size, dtype=np.int64)
+    if n == 1:
+        sidx[:] = np.arange(size)
+        return didx, sidx
+    picks = [0] * size
+    taken = [0] * size
+    if n == 2:
+        w0, w1 = w
+        c0 = c1 = 0
+        for s in range(size):
+            sd = s if s > 1 else 1.0
+            if w1 * sd - c1 > w0 * sd - c0:
+                picks[s], taken[s] = 1, c1
+                c1 += 1
+            else:
+                taken[s] = c0
+                c0 += 1
+    else:
+        rng_n = range(1, n)
+        for s in range(size):
+            sd = s if s > 1 else 1.0
+            best, best_err = 0, w[0] * sd - counts[0]
+            for i in rng_n:
+                e = w[i] * sd - counts[i]
+                if e > best_err:
+                    best, best_err = i, e
+            picks[s], taken[s] = best, counts[best]
+            counts[best] += 1
+    didx[:] = picks
+    sidx[:] = taken
+    return didx, sidx
+
+
+def build_exhaustive_blending_indices(sizes: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Every sample of every component exactly once, interleaved by the greedy rule with weights len_i / total."""
+    total = int(sum(sizes))
+    w = [s / float(total) for s in sizes]
+    counts = [0] * len(sizes)
+    live = [i for i, s in enumerate(sizes) if s > 0]
+    picks, taken = [0] * total, [0] * total
+    for s in range(total):
+        sd = s if s > 1 else 1.0
+        best, best_err = -1, -math.inf
+        for i in live:
+            e = w[i] * sd - counts[i]
+            if e > best_err:
+                best, best_err = i, e
+        picks[s], taken[s] = best, counts[best]
+        counts[best] += 1
+        if counts[best] == sizes[best]:
+            live.remove(best)
+    return np.asarray(picks, dtype=np.int16), np.asarray(taken, dtype=np.int64)
+
+
+class BlendedDataset(torch.utils.data.Dataset):
+    """Blend of GPT datasets: `ds[s]` = datasets[dataset_index[s]].get(dataset_sample_index[s], consumed_index=s),
+    plus key `dataset_id`. weights None: exhaustive blend of the datasets' full lengths."""
+
+    def __init__(self, datasets: list, weights: list[float] | None, size: int | None, cache_dir: str | None = None):
+        if len(datasets) >= 32767:
+            raise ValueError(f"at most 32766 datasets can be blended, got {len(datasets)}")
+        self.datasets = datasets
+        self.size = size
+        if weights is None:
+            lengths = [len(d) for d in datasets]
+            if size is None:
+                self.weights = lengths
+            else:
+                self.weights = normalize(lengths)
+                self.size = min(size, sum(lengths))
+        else:
+            self.weights = normalize(weights)
+        desc = {"version": "megatron_tf-blend-v1", "datasets": [d.description for d in datasets],
+                "weights": self.weights, "size": self.size}
+        self.description = desc
+        t0 = time.perf_counter()
+        if self.size is None:
+            build = lambda: dict(zip(("dataset_index", "dataset_sample_index"),
+                                     build_exhaustive_blending_indices(self.weights)))
+        else:
+            build = lambda: dict(zip(("dataset_index", "dataset_sample_index"),
+                                     build_blending_indices(self.weights, self.size)))
+        arrays, hit = load_or_build(cache_dir, "blend", desc, ("dataset_index", "dataset_sample_index"), build)
+        self.dataset_index = arrays["dataset_index"]
+        self.dataset_sample_index = arrays["dataset_sample_index"]
+        counts = np.bincount(np.asarray(self.dataset_index), minlength=len(datasets))
+        for i, (c, d) in enumerate(zip(counts, datasets)):
+            if c > len(d):
+                raise IndexError(f"the blend takes {c} samples from dataset {i} ({d.source.prefix}) which has only "
+                                 f"{len(d)}; raise --mid-level-dataset-surplus")
+        log.info("blend of %d datasets %s in %.3f s: %d samples, taken %s for weights %s", len(datasets),
+                 "loaded" if hit else "built", time.perf_counter() - t0, len(self), counts.tolist(),
+                 [round(float(x), 4) for x in self.weights])
+
+    def __len__(self) -> int:
+        return int(self.dataset_index.shape[0])
+
+    def get(self, idx: int, consumed_index: int | None = None) -> dict[str, np.ndarray]:
+        d = int(self.dataset_index[idx])
+        sample = self.datasets[d].get(int(self.dataset_sample_index[idx]), consumed_index)
+        sample["dataset_id"] = np.int64(d)
+        return sample
+
+    def __getitem__(self, idx: int) -> dict[str, np.ndarray]:
+        return self.get(int(idx), int(idx))

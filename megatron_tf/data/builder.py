@@ -1,0 +1,299 @@
+"""Build the train / valid / test GPT datasets from the configs (Megatron's BlendedMegatronDatasetBuilder rules).
+
+    datasets = build_gpt_datasets(data_cfg, filter_cfg, tokenizer, sizes=[train, valid, test],
+                                  global_batch_size=gbs)
+    train, valid, test = datasets.train, datasets.valid, datasets.test   # None where a split is empty
+    datasets.stats["train"]  # filtered fractions per split
+
+Sources: `--data-path` (one prefix or a weighted blend) split by `--split` into contiguous document ranges:
+proportions normalised, cumulative bookends [a, b) per split, documents [round(a * N), round(b * N)) of each prefix
+(N = sequences in the prefix; a split with proportion 0 is None). Or `--train/valid/test-data-path`, each its own
+prefix or blend used whole. `sizes[i]` is the number of samples the trainer will draw from split i (None: one
+epoch); see `train_valid_test_num_samples` for Megatron's formula.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..tokenizer.tokenizer import Tokenizer, check_reserved_ids
+from ..utils.logging import get_logger
+from .blending import BlendedDataset, component_sizes, normalize, parse_blend
+from .config import FilterConfig, GPTDatasetConfig
+from .filters import ForgetFlags, SampleFilter, document_scores, open_forget_flags, sequence_values
+from .gpt_dataset import GPTDataset, StepSwitchDataset
+from .indexed_dataset import IndexedDataset
+
+log = get_logger(__name__)
+SPLITS = ("train", "valid", "test")
+
+
+class DatasetMetaError(ValueError):
+    pass
+
+
+def meta_path(prefix: str) -> str:
+    return prefix + ".meta.json"
+
+
+_warned_no_meta: set[str] = set()
+
+
+def check_dataset_meta(prefix: str, tokenizer: Tokenizer, fingerprint: str | None = None) -> dict | None:
+    """Check P.meta.json (written by preprocessing) against the tokenizer; warn once when it is absent. A meta.json
+    whose dataset.fingerprint is not this dataset's is stale: ignored with a warning (as labeling/annotate.py does)."""
+    path = meta_path(prefix)
+    if not os.path.isfile(path):
+        if prefix not in _warned_no_meta:
+            _warned_no_meta.add(prefix)
+            warnings.warn(f"{path} not found (dataset made by Megatron?): cannot check that it was tokenized with "
+                          f"{tokenizer.type_name} (fingerprint {tokenizer.fingerprint[:16]}...)", stacklevel=2)
+        return None
+    with open(path, encoding="utf-8") as f:
+        try:
+            meta = json.load(f)
+        except json.JSONDecodeError as e:
+            raise DatasetMetaError(f"{path}: not valid JSON: {e}") from e
+    stated = (meta.get("dataset") or {}).get("fingerprint")
+    if fingerprint is not None and stated is not None and stated != fingerprint:
+        warnings.warn(f"{path} describes dataset {stated[:16]}..., not {prefix} ({fingerprint[:16]}...): ignored",
+                      stacklevel=2)
+        return None
+    tok = meta.get("tokenizer", {})
+    if "fingerprint" in tok and tok["fingerprint"] != tokenizer.fingerprint:
+        raise DatasetMetaError(f"{path}: dataset was tokenized with another tokenizer: expected fingerprint "
+                               f"{tokenizer.fingerprint} ({tokenizer.path or tokenizer.type_name}), found "
+                               f"{tok['fingerprint']} ({tok.get('path', tok.get('type', '?'))})")
+    if "vocab_size" in tok and int(tok["vocab_size"]) != tokenizer.vocab_size:
+        raise DatasetMetaError(f"{path}: vocabulary size mismatch: expected {tokenizer.vocab_size} (tokenizer), "
+                               f"found {tok['vocab_size']}")
+    if "max_token_id" in meta and int(meta["max_token_id"]) >= tokenizer.vocab_size:
+        raise DatasetMetaError(f"{path}: max token id {meta['max_token_id']} is outside the vocabulary "
+                               f"[0, {tokenizer.vocab_size})")
+    return meta
+
+
+@dataclass
+class DataSource:
+    """One opened dataset prefix: tokens, fingerprint, forget flags, per-sequence document scores."""
+
+    prefix: str
+    indexed: IndexedDataset
+    fingerprint: str
+    flags: ForgetFlags | None
+    sequence_scores: np.ndarray | None = None
+
+
+def open_source(prefix: str, tokenizer: Tokenizer, fcfg: FilterConfig, cache_dir: str | None) -> DataSource:
+    indexed = IndexedDataset(prefix)
+    fp = indexed.fingerprint()
+    check_dataset_meta(prefix, tokenizer, fp)
+    flags = open_forget_flags(indexed, fp, fcfg.forget_sidecar_name, fcfg.forget_threshold,
+                              required=fcfg.token_filter in ("mask", "remove"))
+    seq_scores = None
+    if fcfg.token_filter == "document":
+        per_doc = document_scores(indexed, fp, fcfg.forget_sidecar_name, fcfg.document_score_column,
+                                  default_cache_dir(prefix, cache_dir))
+        seq_scores = sequence_values(indexed, per_doc)
+    return DataSource(prefix, indexed, fp, flags, seq_scores)
+
+
+def default_cache_dir(prefix: str, cache_dir: str | None) -> str | None:
+    if cache_dir:
+        return cache_dir
+    d = os.path.join(os.path.dirname(os.path.abspath(prefix)), "cache", "megatron_tf_indices")
+    parent = os.path.dirname(os.path.abspath(prefix))
+    return d if os.access(parent, os.W_OK) else None
+
+
+def split_matrix(split: str) -> list[tuple[float, float] | None]:
+    """'969,30,1' -> [(0, .969), (.969, .999), (.999, 1.0)]; a zero proportion -> None (megatron-core rules)."""
+    import re
+
+    vec = [float(x) for x in re.findall(r"[.0-9]+", split)]
+    if len(vec) > 3 or not vec or any(v < 0 for v in vec) or sum(vec) <= 0:
+        raise ValueError(f"--split must be up to 3 non-negative proportions with a positive sum, got {split!r}")
+    vec = normalize_vector(vec + [0.0] * (3 - len(vec)))
+    out, acc = [], 0.0
+    for v in vec:
+        out.append(None if v == 0.0 else (acc, acc + v))
+        acc += v
+    return out
+
+
+def normalize_vector(v: list[float]) -> list[float]:
+    a = np.asarray(v, dtype=np.float64)
+    return (a / a.sum()).tolist()
+
+
+def split_range(bookends: tuple[float, float], num_sequences: int) -> tuple[int, int]:
+    return int(round(bookends[0] * float(num_sequences))), int(round(bookends[1] * float(num_sequences)))
+
+
+def train_valid_test_num_samples(train_iters: int, global_batch_size: int, eval_interval: int,
+                                 eval_iters: int) -> list[int]:
+    """Megatron-LM's request: [train_iters * gbs, (train_iters // eval_interval + 1) * eval_iters * gbs,
+    eval_iters * gbs]."""
+    return [train_iters * global_batch_size, (train_iters // eval_interval + 1) * eval_iters * global_batch_size,
+            eval_iters * global_batch_size]
+
+
+@dataclass
+class GPTDatasets:
+    train: object | None
+    valid: object | None
+    test: object | None
+    stats: dict = field(default_factory=dict)
+
+    def __iter__(self):
+        return iter((self.train, self.valid, self.test))
+
+
+class _Builder:
+    def __init__(self, cfg: GPTDatasetConfig, fcfg: FilterConfig, tokenizer: Tokenizer,
+                 global_batch_size: int | None):
+        check_reserved_ids(tokenizer.eod, tokenizer.hidden, tokenizer.pad, tokenizer.vocab_size,
+                           tokenizer.path or tokenizer.type_name)
+        self.cfg, self.fcfg, self.tok = cfg, fcfg, tokenizer
+        self.sources: dict[str, DataSource] = {}
+        start_sample = 0
+        if fcfg.filter_start_step > 0:
+            if not global_batch_size:
+                raise ValueError("--filter-start-step needs the global batch size (pass global_batch_size)")
+            start_sample = fcfg.filter_start_step * global_batch_size
+        self.start_sample = start_sample
+        common = dict(hidden_id=tokenizer.hidden, eod_id=tokenizer.eod, eod_mask_loss=cfg.eod_mask_loss,
+                      reset_position_ids=cfg.reset_position_ids)
+        mode = fcfg.token_filter if fcfg.token_filter != "document" else "none"
+        self.train_filter = SampleFilter(mode, start_sample=start_sample if mode != "none" else 0,
+                                         label_noise=fcfg.label_noise, seed=cfg.seed, **common)
+        self.eval_filter = SampleFilter(mode, **common)
+        self.none_filter = SampleFilter("none", **common)
+        self.stats: dict = {}
+
+    def source(self, prefix: str) -> DataSource:
+        if prefix not in self.sources:
+            self.sources[prefix] = open_source(prefix, self.tok, self.fcfg, self.cfg.data_cache_path)
+        return self.sources[prefix]
+
+    def documents(self, src: DataSource, bookends, drop: bool) -> tuple[np.ndarray, dict]:
+        n = len(src.indexed)
+        beg, end = split_range(bookends, n)
+        docs = np.arange(beg, end, dtype=np.int32)
+        offs = src.indexed.token_offsets
+        tokens = int(offs[end] - offs[beg])
+        st = {"prefix": src.prefix, "documents": int(end - beg), "tokens": tokens}
+        if src.flags is not None:
+            forget = src.flags.count(int(offs[beg]), int(offs[end]))
+            st["forget_tokens"] = forget
+            st["forget_token_fraction"] = forget / max(tokens, 1)
+        if src.sequence_scores is not None and drop:
+            keep = src.sequence_scores[beg:end] < self.fcfg.document_threshold
+            lengths = np.asarray(src.indexed.sequence_lengths[beg:end], dtype=np.int64)
+            st["documents_filtered"] = int((~keep).sum())
+            st["tokens_filtered"] = int(lengths[~keep].sum())
+            docs = docs[keep]
+        elif self.fcfg.token_filter in ("mask", "remove"):
+            st["documents_filtered"] = 0
+            st["tokens_filtered"] = st.get("forget_tokens", 0)
+        else:
+            st["documents_filtered"] = st["tokens_filtered"] = 0
+        return docs, st
+
+    def gpt(self, prefix: str, bookends, num_samples: int | None, split: str, drop: bool = True,
+            sample_filter=None) -> tuple[GPTDataset, dict]:
+        src = self.source(prefix)
+        docs, st = self.documents(src, bookends, drop)
+        if sample_filter is None:
+            sample_filter = self.train_filter if split == "train" else self.eval_filter
+        ds = GPTDataset(src, docs, num_samples, self.cfg.seq_length, self.cfg.seed, sample_filter,
+                        default_cache_dir(prefix, self.cfg.data_cache_path), split)
+        return ds, st
+
+    def split_dataset(self, prefixes: list[str], weights: list[float] | None, bookends: list, i: int,
+                      size: int | None, drop: bool = True, sample_filter=None):
+        """The top-level dataset of split i (single GPTDataset or a blend), and its per-prefix stats."""
+        split = SPLITS[i]
+        if len(prefixes) == 1 and weights is None:
+            ds, st = self.gpt(prefixes[0], bookends[i], size, split, drop, sample_filter)
+            return ds, [st]
+        if weights is not None:
+            weights = normalize(weights)
+            if size is None:
+                raise ValueError(f"a weighted blend needs a sample count for the {split} split")
+            requests = component_sizes(weights, size, self.cfg.mid_level_dataset_surplus)
+            parts = [self.gpt(p, bookends[i], r, split, drop, sample_filter) for p, r in zip(prefixes, requests)]
+            blend_size = sum(component_sizes(weights, size))
+        else:
+            parts = [self.gpt(p, bookends[i], None, split, drop, sample_filter) for p in prefixes]
+            blend_size = size
+        cache = self.cfg.data_cache_path or default_cache_dir(prefixes[0], None)
+        return BlendedDataset([d for d, _ in parts], weights, blend_size, cache), [s for _, s in parts]
+
+    def build(self, sizes: list[int | None]) -> GPTDatasets:
+        cfg = self.cfg
+        out: list = [None, None, None]
+        if cfg.data_path:
+            prefixes, weights = parse_blend(cfg.data_path)
+            bookends = split_matrix(cfg.split)
+            plan = [(prefixes, weights, bookends, i) for i in range(3) if bookends[i] is not None]
+        else:
+            plan = []
+            for i, items in enumerate((cfg.train_data_path, cfg.valid_data_path, cfg.test_data_path)):
+                blend = parse_blend(items)
+                if blend is not None:
+                    spoof = [None, None, None]
+                    spoof[i] = (0.0, 1.0)
+                    plan.append((blend[0], blend[1], spoof, i))
+            if not plan:
+                raise ValueError("no data: give --data-path or --train-data-path/--valid-data-path/--test-data-path")
+        for prefixes, weights, bookends, i in plan:
+            size = sizes[i] if i < len(sizes) else None
+            if size == 0:
+                continue
+            ds, st = self.split_dataset(prefixes, weights, bookends, i, size)
+            if i == 0 and self.fcfg.token_filter == "document" and self.start_sample > 0:
+                before, _ = self.split_dataset(prefixes, weights, bookends, i, size, drop=False,
+                                               sample_filter=self.none_filter)
+                ds = StepSwitchDataset(before, ds, self.start_sample)
+            out[i] = ds
+            self.stats[SPLITS[i]] = summarize_stats(st)
+            s = self.stats[SPLITS[i]]
+            log.info("%s: %d samples; --token-filter %s filters %.4f of %d tokens and %.4f of %d documents%s",
+                     SPLITS[i], len(ds), self.fcfg.token_filter, s["tokens_filtered_fraction"], s["tokens"],
+                     s["documents_filtered_fraction"], s["documents"],
+                     f"; forget tokens {s['forget_token_fraction']:.4f}" if "forget_token_fraction" in s else "")
+        return GPTDatasets(out[0], out[1], out[2], self.stats)
+
+
+def summarize_stats(per_prefix: list[dict]) -> dict:
+    tokens = sum(s["tokens"] for s in per_prefix)
+    docs = sum(s["documents"] for s in per_prefix)
+    out = {"tokens": tokens, "documents": docs,
+           "tokens_filtered": sum(s["tokens_filtered"] for s in per_prefix),
+           "documents_filtered": sum(s["documents_filtered"] for s in per_prefix), "per_prefix": per_prefix}
+    out["tokens_filtered_fraction"] = out["tokens_filtered"] / max(tokens, 1)
+    out["documents_filtered_fraction"] = out["documents_filtered"] / max(docs, 1)
+    if all("forget_tokens" in s for s in per_prefix):
+        out["forget_tokens"] = sum(s["forget_tokens"] for s in per_prefix)
+        out["forget_token_fraction"] = out["forget_tokens"] / max(tokens, 1)
+    return out
+
+
+def build_gpt_datasets(cfg: GPTDatasetConfig, fcfg: FilterConfig, tokenizer: Tokenizer,
+                       sizes: list[int | None], global_batch_size: int | None = None,
+                       rank: int = 0, barrier=None) -> GPTDatasets:
+    """Build the three splits. With several ranks pass `rank` and a `barrier` callable (e.g.
+    `lambda: torch.distributed.barrier(group)`): rank 0 builds and caches the indices first, the others then load
+    them (the cache writes are atomic either way)."""
+    if barrier is not None and rank != 0:
+        barrier()
+    out = _Builder(cfg, fcfg, tokenizer, global_batch_size).build(sizes)
+    if barrier is not None and rank == 0:
+        barrier()
+    return out

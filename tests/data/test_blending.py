@@ -1,0 +1,179 @@
+"""Blending (weights, greedy index, megatron-core equality) and splits."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from megatron_tf.data.blending import (
+    build_blending_indices,
+    build_exhaustive_blending_indices,
+    component_sizes,
+    parse_blend,
+)
+from megatron_tf.data.builder import build_gpt_datasets, split_matrix, split_range
+from megatron_tf.data.config import FilterConfig, GPTDatasetConfig
+
+from .gpt_synth import make_prefix, random_docs, tokenizer
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*meta.json not found")
+
+
+def test_parse_blend():
+    assert parse_blend(["a"]) == (["a"], None)
+    assert parse_blend(["a", "b"]) == (["a", "b"], None)
+    assert parse_blend(["0.3", "a", "0.7", "b"]) == (["a", "b"], [0.3, 0.7])
+    assert parse_blend(["3", "a", "x", "b"]) == (["3", "a", "x", "b"], None)
+    assert parse_blend(None) is None
+
+
+def test_component_sizes_overshoot():
+    # megatron-core: ceil(ceil(size * w) * 1.005)
+    assert component_sizes([0.3, 0.7], 1000, 0.005) == [302, 704]
+    assert component_sizes([0.3, 0.7], 1000) == [300, 700]
+
+
+@pytest.mark.parametrize("weights,size", [([0.3, 0.7], 5000), ([0.5, 0.5], 1001), ([0.1, 0.2, 0.3, 0.4], 4000),
+                                          ([1 / 3, 1 / 3, 1 / 3], 999), ([0.999, 0.001], 3000)])
+def test_blending_greedy_properties(weights, size):
+    w = np.array(weights) / np.sum(weights)
+    didx, sidx = build_blending_indices(w.tolist(), size)
+    assert didx.dtype == np.int16 and sidx.dtype == np.int64 and len(didx) == size
+    counts = np.zeros(len(w), dtype=np.int64)
+    for s in range(size):  # prefix counts stay within 1 of w * s; sample ids count up per dataset
+        assert sidx[s] == counts[didx[s]]
+        counts[didx[s]] += 1
+        assert np.all(np.abs(counts - w * (s + 1)) <= 1.0 + 1e-9)
+    assert np.all(np.abs(counts - w * size) <= 1.0)
+
+
+def test_exhaustive_blend_takes_everything():
+    sizes = [7, 0, 30, 13]
+    didx, sidx = build_exhaustive_blending_indices(sizes)
+    assert len(didx) == sum(sizes)
+    for i, n in enumerate(sizes):
+        np.testing.assert_array_equal(sidx[didx == i], np.arange(n))
+
+
+@pytest.mark.megatron
+def test_blending_indices_equal_megatron_core():
+    pytest.importorskip("megatron.core")
+    from megatron.core.datasets import helpers
+
+    rng = np.random.default_rng(0)
+    for n in (2, 3, 5):
+        for _ in range(3):
+            w = rng.random(n) + 0.01
+            w = (w / w.sum()).tolist()
+            size = int(rng.integers(100, 3000))
+            d_ref = np.zeros(size, np.int16)
+            s_ref = np.zeros(size, np.int64)
+            helpers.build_blending_indices(d_ref, s_ref, np.array(w), n, size, False)
+            d, s = build_blending_indices(w, size)
+            np.testing.assert_array_equal(d, d_ref)
+            np.testing.assert_array_equal(s, s_ref)
+    for w in ([0.5, 0.5], [0.25, 0.25, 0.5]):  # exact ties
+        d_ref = np.zeros(1000, np.int16)
+        s_ref = np.zeros(1000, np.int64)
+        helpers.build_blending_indices(d_ref, s_ref, np.array(w), len(w), 1000, False)
+        np.testing.assert_array_equal(build_blending_indices(w, 1000)[0], d_ref)
+    sizes = np.array([17, 5, 40], dtype=np.int64)
+    d_ref = np.zeros(62, np.int16)
+    s_ref = np.zeros(62, np.int64)
+    helpers.build_exhaustive_blending_indices(d_ref, s_ref, sizes, 3)
+    d, s = build_exhaustive_blending_indices(sizes.tolist())
+    np.testing.assert_array_equal(d, d_ref)
+    np.testing.assert_array_equal(s, s_ref)
+
+
+@pytest.fixture(scope="module")
+def two_prefixes(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("blend")
+    rng = np.random.default_rng(5)
+    a, _ = make_prefix(tmp, "a", random_docs(rng, 50, 60))
+    b, _ = make_prefix(tmp, "b", random_docs(rng, 90, 30))
+    return tmp, a, b
+
+
+def test_blend_respects_weights(two_prefixes):
+    tmp, a, b = two_prefixes
+    cfg = GPTDatasetConfig(data_path=["3", a, "7", b], split="90,8,2", seq_length=16, seed=1,
+                           data_cache_path=str(tmp / "cache"))
+    res = build_gpt_datasets(cfg, FilterConfig(), tokenizer(), [1000, 40, 10])
+    train = res.train
+    assert len(train) == math.ceil(1000 * 0.3) + math.ceil(1000 * 0.7)
+    counts = np.bincount([int(train[i]["dataset_id"]) for i in range(len(train))], minlength=2)
+    assert counts.tolist() == [300, 700]
+    # each blended sample is the component's sample
+    for i in range(0, len(train), 37):
+        d, j = int(train.dataset_index[i]), int(train.dataset_sample_index[i])
+        np.testing.assert_array_equal(train[i]["tokens"], train.datasets[d][j]["tokens"])
+    assert len(train.datasets[0]) >= 302 and len(train.datasets[1]) >= 704  # 0.5% overshoot requested
+
+
+@pytest.mark.megatron
+@pytest.mark.parametrize("weighted,sizes", [(True, [700, 50, 9]), (False, [300, 20, 5]), (False, [None] * 3)])
+def test_blend_equal_to_megatron_core(two_prefixes, weighted, sizes):
+    pytest.importorskip("megatron.core")
+    from collections import OrderedDict
+
+    from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
+    from megatron.core.datasets.gpt_dataset import GPTDataset
+    from megatron.core.datasets.gpt_dataset import GPTDatasetConfig as MCfg
+
+    class Tok:
+        vocab_size, eod, pad = 103, 100, 102
+        unique_identifiers = OrderedDict(cls="test", vocab_size=103)
+
+    tmp, a, b = two_prefixes
+    # path_to_cache=None: megatron-core's BlendedDataset cache path needs torch.distributed initialised
+    mcfg = MCfg(random_seed=1234, sequence_length=16, blend=([a, b], [0.3, 0.7] if weighted else None),
+                split="90,8,2", path_to_cache=None, tokenizer=Tok(), reset_position_ids=False,
+                reset_attention_mask=False, eod_mask_loss=False, create_attention_mask=False)
+    mc = BlendedMegatronDatasetBuilder(GPTDataset, sizes, lambda: True, mcfg).build()
+    data_path = ["0.3", a, "0.7", b] if weighted else [a, b]
+    ours = build_gpt_datasets(GPTDatasetConfig(data_path=data_path, split="90,8,2", seq_length=16, seed=1234,
+                                               data_cache_path=str(tmp / "cache")), FilterConfig(), tokenizer(), sizes)
+    for m, o in zip(mc, ours):
+        np.testing.assert_array_equal(m.dataset_index, o.dataset_index)
+        np.testing.assert_array_equal(m.dataset_sample_index, o.dataset_sample_index)
+        for i in range(len(m)):
+            np.testing.assert_array_equal(m[i]["tokens"].numpy(), o[i]["tokens"])
+
+
+def test_split_matrix_and_ranges():
+    m = split_matrix("969,30,1")
+    assert m[0] == (0.0, pytest.approx(0.969)) and m[1][0] == pytest.approx(0.969)
+    assert m[2][1] == pytest.approx(1.0)
+    assert split_matrix("1,0,0") == [(0.0, 1.0), None, None]
+    assert split_matrix("98,2") == [(0.0, 0.98), (0.98, 1.0), None]
+    # document ranges: [round(a * N), round(b * N)), contiguous, covering everything
+    n = 1003
+    r = [split_range(x, n) for x in split_matrix("969,30,1")]
+    assert r[0][0] == 0 and r[0][1] == r[1][0] and r[1][1] == r[2][0] and r[2][1] == n
+    assert r[0] == (0, round(0.969 * n))
+    with pytest.raises(ValueError):
+        split_matrix("1,2,3,4")
+
+
+def test_splits_use_disjoint_document_ranges(two_prefixes):
+    tmp, a, _ = two_prefixes
+    res = build_gpt_datasets(GPTDatasetConfig(data_path=[a], split="80,15,5", seq_length=8, seed=3,
+                                              data_cache_path=str(tmp / "cache")), FilterConfig(), tokenizer(),
+                             [None, None, None])
+    got = [set(np.asarray(d.document_index).tolist()) for d in res]
+    assert got == [set(range(0, 40)), set(range(40, 48)), set(range(48, 50))]
+
+
+def test_separate_split_paths(two_prefixes):
+    tmp, a, b = two_prefixes
+    cfg = GPTDatasetConfig(train_data_path=["1", a, "1", b], valid_data_path=[b], seq_length=8, seed=3,
+                           data_cache_path=str(tmp / "cache"))
+    res = build_gpt_datasets(cfg, FilterConfig(), tokenizer(), [200, None, 10])
+    assert res.test is None
+    assert [d.source.prefix for d in res.train.datasets] == [a, b]
+    assert res.valid.source.prefix == b and len(set(np.asarray(res.valid.document_index).tolist())) == 90
+    with pytest.raises(ValueError, match="mutually exclusive"):
+        GPTDatasetConfig(data_path=[a], train_data_path=[b])
