@@ -1,0 +1,219 @@
+"""Reading JSON Lines corpora: plain, gzip, xz or zstd (detected from the first bytes, not the file name).
+
+Shared by preprocessing (megatron_tf/data/preprocess.py) and tokenizer training (megatron_tf/tokenizer/train.py).
+
+- `open_input(path)`: a binary stream of the decompressed content; the raw (compressed) bytes read so far and their
+  sha256 are available from the returned `InputStream`.
+- `iter_blocks(path, block_bytes)`: the content as blocks of whole lines (split on b"\\n" only: texts may hold
+  U+2028), each with the number of its first line, so errors can name `file:line`.
+- `parse_line(line, keys)`: one record's texts, or a `LineIssue` (bad JSON, missing key, non-string value).
+- `iter_texts(paths, key, on_bad_line)`: the texts of a list of files, for tokenizer training.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import lzma
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+GZIP_MAGIC = b"\x1f\x8b"
+XZ_MAGIC = b"\xfd7zXZ\x00"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+class InputError(ValueError):
+    """Bad input data or an unreadable input file; the message names the file (and line)."""
+
+
+def detect_compression(path: str) -> str:
+    """'gzip', 'xz', 'zstd' or 'plain', from the magic bytes."""
+    with open(path, "rb") as f:
+        head = f.read(6)
+    if head.startswith(GZIP_MAGIC):
+        return "gzip"
+    if head.startswith(XZ_MAGIC):
+        return "xz"
+    if head.startswith(ZSTD_MAGIC):
+        return "zstd"
+    return "plain"
+
+
+class _HashingReader(io.RawIOBase):
+    """Counts and hashes the raw bytes a decompressor pulls from the file (sha256 of the file as stored)."""
+
+    def __init__(self, f):
+        self._f = f
+        self.sha256 = hashlib.sha256()
+        self.bytes_read = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        n = self._f.readinto(b)
+        if n:
+            self.sha256.update(memoryview(b)[:n])
+            self.bytes_read += n
+        return n
+
+    def close(self) -> None:
+        self._f.close()
+        super().close()
+
+
+class InputStream:
+    """Decompressed binary content of one input file plus the hash and count of the raw bytes consumed."""
+
+    def __init__(self, path: str):
+        if not os.path.isfile(path):
+            raise InputError(f"input file not found: {path}")
+        self.path = path
+        self.size = os.path.getsize(path)
+        self.compression = detect_compression(path)
+        self._raw = _HashingReader(open(path, "rb"))
+        buffered = io.BufferedReader(self._raw, 1 << 20)
+        if self.compression == "gzip":
+            self._stream = gzip.GzipFile(fileobj=buffered, mode="rb")
+        elif self.compression == "xz":
+            self._stream = lzma.LZMAFile(buffered, mode="rb")
+        elif self.compression == "zstd":
+            import zstandard
+
+            self._stream = zstandard.ZstdDecompressor().stream_reader(buffered, read_across_frames=True)
+        else:
+            self._stream = buffered
+
+    def read(self, n: int) -> bytes:
+        try:
+            return self._stream.read(n)
+        except (OSError, EOFError, lzma.LZMAError, ValueError) as e:
+            raise InputError(f"{self.path}: cannot read {self.compression} data: {e}") from e
+
+    @property
+    def raw_bytes_read(self) -> int:
+        return self._raw.bytes_read
+
+    def raw_sha256(self) -> str:
+        """sha256 of the whole stored file; call after reading to the end."""
+        return self._raw.sha256.hexdigest()
+
+    def close(self) -> None:
+        self._stream.close()
+        self._raw.close()
+
+    def __enter__(self) -> InputStream:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def open_input(path: str) -> InputStream:
+    return InputStream(path)
+
+
+@dataclass
+class Block:
+    """Whole lines [first_line, first_line + num_lines) of a file; `start`/`end` are decompressed byte offsets."""
+
+    data: bytes
+    first_line: int
+    num_lines: int
+    start: int
+    end: int
+    eof: bool
+
+
+def count_lines(data: bytes) -> int:
+    """Lines in a block of whole lines (a last line without b'\\n' counts)."""
+    if not data:
+        return 0
+    return data.count(b"\n") + (0 if data.endswith(b"\n") else 1)
+
+
+def iter_blocks(stream: InputStream, block_bytes: int = 1 << 20, first_line: int = 1, offset: int = 0
+                ) -> Iterator[Block]:
+    """Blocks of at least `block_bytes` (or up to end of file) ending on a line boundary.
+
+    The last block has `eof=True` (it may be empty). A line longer than `block_bytes` makes its block longer.
+    `first_line`/`offset` label the blocks when the stream was already advanced (resume).
+    """
+    pending = b""
+    line = first_line
+    while True:
+        chunk = stream.read(block_bytes)
+        if not chunk:
+            n = count_lines(pending)
+            yield Block(pending, line, n, offset, offset + len(pending), True)
+            return
+        pending += chunk
+        if len(pending) < block_bytes:
+            continue
+        cut = pending.rfind(b"\n")
+        if cut < 0:
+            continue
+        data, pending = pending[: cut + 1], pending[cut + 1 :]
+        n = data.count(b"\n")
+        yield Block(data, line, n, offset, offset + len(data), False)
+        line += n
+        offset += len(data)
+
+
+def split_lines(data: bytes) -> list[bytes]:
+    lines = data.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    return lines
+
+
+@dataclass(frozen=True)
+class LineIssue:
+    kind: str  # bad_json | not_object | missing_key | not_string
+    detail: str
+
+
+def parse_line(line: bytes, keys: Sequence[str]) -> list[str] | LineIssue:
+    """The values of `keys` in one JSON line, or what is wrong with it."""
+    try:
+        rec = json.loads(line)
+    except (ValueError, UnicodeDecodeError) as e:
+        return LineIssue("bad_json", f"invalid JSON ({e})")
+    if not isinstance(rec, dict):
+        return LineIssue("not_object", f"expected a JSON object, found {type(rec).__name__}")
+    out = []
+    for k in keys:
+        v = rec.get(k)
+        if v is None:
+            found = "null" if k in rec else "no such key"
+            return LineIssue("missing_key", f"key {k!r} missing ({found}); keys present: {sorted(rec)[:10]}")
+        if not isinstance(v, str):
+            return LineIssue("not_string", f"key {k!r} is {type(v).__name__}, expected a string")
+        out.append(v)
+    return out
+
+
+def is_blank(line: bytes) -> bool:
+    return not line or line.isspace()
+
+
+def iter_texts(paths: Sequence[str], key: str = "text", on_bad_line: str = "fail",
+               block_bytes: int = 1 << 22) -> Iterator[str]:
+    """Texts of `key` from JSONL files in order. Bad lines raise (`fail`) or are skipped (`skip`); blank lines are
+    skipped."""
+    for path in paths:
+        with open_input(path) as stream:
+            for block in iter_blocks(stream, block_bytes):
+                for i, line in enumerate(split_lines(block.data)):
+                    if is_blank(line):
+                        continue
+                    got = parse_line(line, (key,))
+                    if isinstance(got, LineIssue):
+                        if on_bad_line == "fail":
+                            raise InputError(f"{path}:{block.first_line + i}: {got.detail}")
+                        continue
+                    yield got[0]
