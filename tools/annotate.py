@@ -5,6 +5,10 @@ logic: megatron_tf/labeling/annotate.py). Resumable: re-run the same command aft
     python tools/annotate.py --data-prefix data/corpus_text_document --labeler blocklist \
         --terms data/demo/medical_terms.txt --tokenizer-type SentencePieceTokenizer --tokenizer-model tok.model \
         [--name forget] [--write-mask-threshold 0.5] [--doc-frac-threshold 0.5] [--workers 2] [--chunk-docs 1024]
+
+    python tools/annotate.py --data-prefix P --labeler sae --sae-reference-lm LM_DIR --sae SAE_DIR_OR_RELEASE:ID \
+        --sae-latents latents.json [--sae-min-seed-latents 2] [--sae-device cuda] --tokenizer-type ...
+        (docs/sae_labels.md)
 """
 
 from __future__ import annotations

@@ -56,7 +56,7 @@ from .labeler import TokenLabeler, check_scores
 log = get_logger(__name__)
 
 MANIFEST_FORMAT = 1
-LABELERS = ("blocklist",)
+LABELERS = ("blocklist", "sae")
 
 
 @dataclass
@@ -428,7 +428,14 @@ def _finalize(ds: IndexedDataset, fingerprint: str, work: str, nchunks: int, nam
 
 
 # ---- command line ----------------------------------------------------------------------------------------------
-def build_labeler(cfg: AnnotateConfig, tokenizer) -> TokenLabeler:
+def build_labeler(cfg: AnnotateConfig, tokenizer, sae_options=None) -> TokenLabeler:
+    """`sae_options`: a labeling.sae.SAELabelerOptions, for --labeler sae."""
+    if cfg.labeler == "sae":
+        from .sae.labeler import SAELabeler
+
+        if sae_options is None:
+            raise ValueError("--labeler sae needs the SAE labeler options (--sae-reference-lm, --sae, --sae-latents)")
+        return SAELabeler.from_options(sae_options, tokenizer)
     if cfg.labeler == "blocklist":
         if not cfg.terms:
             raise ValueError("--labeler blocklist needs --terms FILE")
@@ -438,13 +445,13 @@ def build_labeler(cfg: AnnotateConfig, tokenizer) -> TokenLabeler:
     raise ValueError(f"unknown --labeler {cfg.labeler!r}; expected one of {LABELERS}")
 
 
-def run(cfg: AnnotateConfig) -> AnnotateSummary:
+def run(cfg: AnnotateConfig, sae_options=None) -> AnnotateSummary:
     if not cfg.data_prefix:
         raise ValueError("--data-prefix is required")
     if not cfg.tokenizer_type:
         raise ValueError("--tokenizer-type is required (the tokenizer the dataset was made with)")
     tokenizer = build_tokenizer(cfg.tokenizer_type, cfg.tokenizer_model, cfg.vocab_size)
-    labeler = build_labeler(cfg, tokenizer)
+    labeler = build_labeler(cfg, tokenizer, sae_options)
     return annotate(cfg.data_prefix, labeler, tokenizer, name=cfg.name, write_mask_threshold=cfg.write_mask_threshold,
                     doc_frac_threshold=cfg.doc_frac_threshold, workers=cfg.workers, chunk_docs=cfg.chunk_docs,
                     restart=cfg.restart, progress=cfg.progress)
@@ -457,6 +464,9 @@ def build_parser():
 
     p = argparse.ArgumentParser(description="Label every token of a Megatron dataset and write forget sidecars.")
     add_dataclass_args(p, AnnotateConfig)
+    from .sae.config import SAELabelerOptions
+
+    add_dataclass_args(p, SAELabelerOptions, "SAE labeler (--labeler sae; docs/sae_labels.md)")
     return p
 
 
@@ -469,8 +479,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         cfg = dataclass_from_args(AnnotateConfig, args)
-        summary = run(cfg)
-    except (ValueError, FileNotFoundError) as e:
+        sae_options = None
+        if cfg.labeler == "sae":
+            from .sae.config import SAELabelerOptions
+
+            sae_options = dataclass_from_args(SAELabelerOptions, args)
+        summary = run(cfg, sae_options)
+    except (ValueError, FileNotFoundError, ImportError) as e:
         print(f"annotate: error: {e}", file=sys.stderr)
         return 2
     print(summary.format())
