@@ -60,7 +60,8 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls, title: str | None =
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
         names = [_flag(f), *md.get("aliases", ())]
-        kw: dict[str, Any] = {"dest": f.name, "help": (md.get("help") or "") + f" (default: {default})",
+        help_text = ((md.get("help") or "") + f" (default: {default})").replace("%", "%%")  # argparse %-formats
+        kw: dict[str, Any] = {"dest": f.name, "help": help_text,
                               "default": argparse.SUPPRESS}
         if md.get("metavar"):
             kw["metavar"] = md["metavar"]
