@@ -1,0 +1,276 @@
+"""Evaluate one in-memory model: per-domain held-out losses and cloze multiple choice, as one JSON-able dict.
+
+    from megatron_tf.evaluation import EvaluationConfig, evaluate_model, write_results
+    cfg = EvaluationConfig(forget_text=["data/demo/heldout/medical.jsonl.xz"], mmlu="data/demo/eval/mmlu.jsonl.xz")
+    result = evaluate_model(model, tokenizer, cfg, seq_length=256, run={"name": "tiny-none", "arm": "none"})
+    write_results(result, "evals/")          # evals/tiny-none.json + .csv
+    print(result["summary"])
+
+`model` is a whole GPTModel (tensor parallel allowed: every TP rank calls evaluate_model with the same arguments;
+pipeline stages must be merged first). Output format: docs/evaluation.md ("Evaluation JSON").
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from megatron_tf.config.cli import opt
+from megatron_tf.model.flops import num_parameters
+from megatron_tf.utils.io import atomic_write
+
+from .domain_loss import evaluate_documents
+from .eval_sets import MEDMCQA_EXCLUDED_SUBJECTS, MMLU_BIOLOGY_SUBJECTS, MMLU_MEDICAL_SUBJECTS, build_mcq_sets
+from .mcq import DELIMITER, PROMPT_TEMPLATE, evaluate_mcq
+from .scoring import model_device
+from .text_sets import TextSetSpec, iter_set_documents, open_text_set
+
+FORMAT = "megatron_tf.eval/1"
+TOKEN_LEVEL_SELECTION = {"forget": "forget_tokens", "retain": "unlabeled_tokens", "general": "unlabeled_tokens"}
+
+
+@dataclass
+class EvaluationConfig:
+    """Held-out losses per domain and cloze multiple choice."""
+
+    forget_text: list[str] | None = field(default=None, metadata=opt(
+        "Held-out forget-domain (medical) texts: JSONL files or indexed dataset prefixes (one set)."))
+    retain_text: list[str] | None = field(default=None, metadata=opt(
+        "Held-out retain-domain (biology) texts: JSONL files or indexed dataset prefixes."))
+    general_text: list[str] | None = field(default=None, metadata=opt(
+        "Held-out general texts: JSONL files or indexed dataset prefixes."))
+    eval_stride: int | None = field(default=None, metadata=opt(
+        "Stride of the sliding loss windows (default seq_length // 2; seq_length = disjoint windows)."))
+    append_eod: bool = field(default=True, metadata=opt(
+        "Append <|endoftext|> to each JSONL document (as preprocessing with --append-eod), so it is scored too."))
+    forget_threshold: float | None = field(default=None, metadata=opt(
+        "Forget-label threshold for the token-level loss (default: a bit-mask sidecar's own threshold, else 0.5)."))
+    forget_sidecar_name: str = field(default="forget", metadata=opt(
+        "Annotation name N of the sidecars P.N.tokscores / P.N.tokmask beside indexed text sets."))
+    use_sidecars: bool = field(default=True, metadata=opt(
+        "Take forget labels of indexed text sets from their sidecars when present."))
+    blocklist: str | None = field(default=None, metadata=opt(
+        "Blocklist terms file: label tokens on the fly (megatron_tf.labeling.BlocklistLabeler) where no sidecar "
+        "gives labels, e.g. data/demo/medical_terms.txt."))
+    mmlu: str | None = field(default=None, metadata=opt("MMLU JSONL (subject, question, choices, answer)."))
+    medqa: str | None = field(default=None, metadata=opt("MedQA JSONL (question, options, answer_idx)."))
+    medmcqa: str | None = field(default=None, metadata=opt("MedMCQA JSONL (subject, question, options, answer_idx)."))
+    mmlu_forget_subjects: list[str] = field(default_factory=lambda: list(MMLU_MEDICAL_SUBJECTS), metadata=opt(
+        "MMLU subjects of the forget set mmlu_medical."))
+    mmlu_retain_subjects: list[str] = field(default_factory=lambda: list(MMLU_BIOLOGY_SUBJECTS), metadata=opt(
+        "MMLU subjects of the retain set mmlu_biology."))
+    mmlu_exclude_subjects: list[str] = field(default_factory=list, metadata=opt(
+        "MMLU subjects left out of mmlu_other (the general control), e.g. nutrition human_aging."))
+    medmcqa_exclude_subjects: list[str] = field(default_factory=lambda: list(MEDMCQA_EXCLUDED_SUBJECTS),
+                                                metadata=opt("MedMCQA subjects left out."))
+    limit: int | None = field(default=None, metadata=opt(
+        "At most this many documents per text set (the first ones) and questions per multiple-choice set "
+        "(a sha256-ordered sample)."))
+    eval_micro_batch_size: int = field(default=8, metadata=opt("Sequences per forward pass."))
+    bf16: bool = field(default=True, metadata=opt("bf16 autocast on CUDA (CPU always evaluates in fp32)."))
+
+    def __post_init__(self):
+        if self.eval_stride is not None and self.eval_stride < 1:
+            raise ValueError(f"--eval-stride must be >= 1, got {self.eval_stride}")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"--limit must be >= 1, got {self.limit}")
+        if self.eval_micro_batch_size < 1:
+            raise ValueError(f"--eval-micro-batch-size must be >= 1, got {self.eval_micro_batch_size}")
+        if self.forget_threshold is not None and not 0.0 < self.forget_threshold <= 1.0:
+            raise ValueError(f"--forget-threshold must be in (0, 1], got {self.forget_threshold}")
+
+    def text_sets(self) -> list[TextSetSpec]:
+        return [TextSetSpec(role, role, list(paths)) for role, paths in
+                (("forget", self.forget_text), ("retain", self.retain_text), ("general", self.general_text)) if paths]
+
+
+def model_info(model_config) -> dict:
+    """Parameter counts (full model, TP = 1 vocabulary padding) and the architecture."""
+    return {"n_params": num_parameters(model_config, 1, include_embedding=True),
+            "n_params_non_embedding": num_parameters(model_config, 1, include_embedding=False),
+            "config": model_config.to_dict()}
+
+
+_META_KEYS = {
+    "seq_length": ("seq_length",),
+    "arm": ("token_filter",),
+    "forget_threshold": ("forget_threshold",),
+    "tokens_seen": ("tokens_seen", "consumed_tokens", "seen_tokens", "consumed_train_tokens"),
+    "tokens_learned": ("tokens_learned", "learned_tokens", "consumed_learned_tokens"),
+    "iteration": ("iteration",),
+}
+
+
+def _find(obj, names: tuple[str, ...], depth: int = 4):
+    """First non-None value under one of `names`, breadth-first through nested dicts / objects with __dict__."""
+    level = [obj]
+    for _ in range(depth):
+        nxt = []
+        for o in level:
+            d = o if isinstance(o, dict) else getattr(o, "__dict__", None)
+            if not isinstance(d, dict):
+                continue
+            for n in names:
+                if d.get(n) is not None:
+                    return d[n]
+            nxt.extend(v for v in d.values() if isinstance(v, dict) or hasattr(v, "__dict__"))
+        level = nxt
+    return None
+
+
+def run_metadata_from_configs(configs) -> dict:
+    """What the evaluation needs from a checkpoint's configs (load_model_from_checkpoint's second value): a dict or
+    object, searched by key name at any nesting level: seq_length, token_filter (-> arm), forget_threshold,
+    tokens seen / learned and the iteration. Missing keys are left out."""
+    out = {}
+    for key, names in _META_KEYS.items():
+        v = _find(configs, names)
+        if v is not None and not callable(v):
+            out[key] = v
+    return out
+
+
+def _labeler(cfg: EvaluationConfig, tokenizer):
+    if not cfg.blocklist:
+        return None
+    from megatron_tf.labeling.blocklist import BlocklistLabeler
+
+    return BlocklistLabeler.from_file(cfg.blocklist, tokenizer)
+
+
+def evaluate_model(model: torch.nn.Module, tokenizer, cfg: EvaluationConfig, *, seq_length: int,
+                   run: dict | None = None, progress: bool = False, predictions: bool = False) -> dict:
+    """All configured evaluations of one model (module docstring). `run`: metadata copied into the result (name,
+    arm, size, tokens_seen, tokens_learned, checkpoint, ...). With predictions=True, per-question records are
+    kept under result["predictions"][set]."""
+    t0 = time.time()
+    run = dict(run or {})
+    result: dict = {"format": FORMAT, "run": run}
+    if getattr(model, "config", None) is not None:
+        result["model"] = model_info(model.config)
+    result["tokenizer"] = tokenizer.describe()
+    device = model_device(model)
+    result["settings"] = {
+        "seq_length": seq_length, "eval_stride": cfg.eval_stride if cfg.eval_stride else seq_length // 2,
+        "precision": "bf16 autocast" if device.type == "cuda" and cfg.bf16 else str(next(
+            model.parameters()).dtype).removeprefix("torch."),
+        "device": str(device), "tensor_parallel_size": getattr(model, "tp_size", 1),
+        "prompt": PROMPT_TEMPLATE + "{delimiter}{answer}", "delimiter": DELIMITER,
+        "acc_norm": "log-likelihood / characters of the answer text (lm-eval acc_norm)",
+        "config": asdict(cfg)}
+    labeler = _labeler(cfg, tokenizer)
+    result["loss"] = {}
+    for spec in cfg.text_sets():
+        sources = open_text_set(spec, tokenizer, labeler=labeler, threshold=cfg.forget_threshold,
+                                sidecar_name=cfg.forget_sidecar_name, use_sidecar=cfg.use_sidecars,
+                                append_eod=cfg.append_eod)
+        metrics = evaluate_documents(model, iter_set_documents(sources, cfg.limit), seq_length=seq_length,
+                                     start_id=tokenizer.eod, pad_id=tokenizer.pad, stride=cfg.eval_stride,
+                                     batch_size=cfg.eval_micro_batch_size, bf16=cfg.bf16, progress=progress,
+                                     desc=f"loss {spec.name}")
+        entry = {"name": spec.name, "role": spec.role, "paths": spec.paths, **metrics,
+                 "labels": [s.labels for s in sources] if sources[0].labels is not None else None}
+        sel = TOKEN_LEVEL_SELECTION[spec.role]
+        if sel in metrics:
+            entry["token_level"] = {"selection": sel.removesuffix("_tokens"), **metrics[sel]}
+        result["loss"][spec.name] = entry
+    result["mcq"] = {}
+    preds = {}
+    mcq_sets = build_mcq_sets(cfg.mmlu, cfg.medqa, cfg.medmcqa, mmlu_forget_subjects=cfg.mmlu_forget_subjects,
+                              mmlu_retain_subjects=cfg.mmlu_retain_subjects,
+                              mmlu_exclude_subjects=cfg.mmlu_exclude_subjects,
+                              medmcqa_exclude_subjects=cfg.medmcqa_exclude_subjects, limit=cfg.limit)
+    for s in mcq_sets:
+        metrics, scored = evaluate_mcq(model, tokenizer, s, seq_length=seq_length,
+                                       batch_size=cfg.eval_micro_batch_size, bf16=cfg.bf16, progress=progress)
+        result["mcq"][s.name] = metrics
+        if predictions:
+            preds[s.name] = scored
+    if predictions:
+        result["predictions"] = preds
+    result["elapsed_s"] = round(time.time() - t0, 3)
+    result["host"] = {"python": platform.python_version(), "torch": torch.__version__, "machine": platform.node()}
+    result["summary"] = summary_line(result)
+    return result
+
+
+def _fmt(v, digits=3):
+    return "n/a" if v is None else f"{v:.{digits}f}"
+
+
+def summary_line(result: dict) -> str:
+    """One line: run, losses per set (nats/token, token-level in brackets), accuracies (acc_norm)."""
+    run = result.get("run", {})
+    name = run.get("name") or "model"
+    head = f"{name}" + (f" [{run['arm']}]" if run.get("arm") else "")
+    parts = []
+    for k, v in result.get("loss", {}).items():
+        tl = v.get("token_level")
+        parts.append(f"{k} {_fmt(v['nats_per_token'])}" + (f" ({tl['selection']} {_fmt(tl['nats_per_token'])})"
+                                                           if tl else ""))
+    accs = [f"{k} {_fmt(v['acc'])}/{_fmt(v['acc_norm'])}" for k, v in result.get("mcq", {}).items()]
+    out = head
+    if parts:
+        out += " | loss nats/tok: " + ", ".join(parts)
+    if accs:
+        out += " | acc/acc_norm: " + ", ".join(accs)
+    return out
+
+
+CSV_FIELDS = ("run", "arm", "size", "kind", "set", "role", "metric", "value", "stderr", "n")
+
+
+def result_rows(result: dict) -> list[dict]:
+    """Long-format rows (CSV_FIELDS): one per (set, metric), so files of several models concatenate."""
+    run = result.get("run", {})
+    base = {"run": run.get("name", ""), "arm": run.get("arm", ""), "size": run.get("size", "")}
+    rows = []
+    for name, v in result.get("loss", {}).items():
+        def row(metric, value, stderr=None, n=None, _name=name, _v=v):
+            rows.append({**base, "kind": "loss", "set": _name, "role": _v["role"], "metric": metric, "value": value,
+                         "stderr": stderr, "n": n})
+        row("nats_per_token", v["nats_per_token"], v.get("nats_per_token_stderr"), v["tokens"])
+        row("bits_per_byte", v.get("bits_per_byte"), None, v.get("bytes"))
+        for part in ("forget_tokens", "unlabeled_tokens"):
+            if part in v:
+                row(f"{part}_nats_per_token", v[part]["nats_per_token"], None, v[part]["tokens"])
+        if "token_level" in v:
+            row("token_level_nats_per_token", v["token_level"]["nats_per_token"], None, v["token_level"]["tokens"])
+    for name, v in result.get("mcq", {}).items():
+        for metric in ("acc", "acc_norm"):
+            rows.append({**base, "kind": "mcq", "set": name, "role": v["role"], "metric": metric, "value": v[metric],
+                         "stderr": v[f"{metric}_stderr"], "n": v["n"]})
+        for metric in ("p_correct", "chance"):
+            rows.append({**base, "kind": "mcq", "set": name, "role": v["role"], "metric": metric, "value": v[metric],
+                         "stderr": None, "n": v["n"]})
+    return rows
+
+
+def csv_text(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: ("" if r.get(k) is None else (repr(r[k]) if isinstance(r[k], float) else r[k]))
+                    for k in CSV_FIELDS})
+    return buf.getvalue()
+
+
+def write_results(result: dict, out_dir: str, name: str | None = None) -> tuple[str, str]:
+    """Write <out_dir>/<name>.json and .csv atomically (name: result['run']['name'])."""
+    name = name or result.get("run", {}).get("name") or "model"
+    os.makedirs(out_dir, exist_ok=True)
+    jpath, cpath = os.path.join(out_dir, f"{name}.json"), os.path.join(out_dir, f"{name}.csv")
+    with atomic_write(cpath, "w") as f:
+        f.write(csv_text(result_rows(result)))
+    with atomic_write(jpath, "w") as f:  # the JSON last: its presence marks a finished evaluation (resume)
+        json.dump(result, f, indent=1)
+        f.write("\n")
+    return jpath, cpath

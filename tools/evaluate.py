@@ -1,0 +1,142 @@
+#!/usr/bin/env python3
+"""Evaluate trained checkpoints: held-out loss per domain (and its token-level variant) and cloze multiple choice.
+
+    python tools/evaluate.py --load checkpoints/tiny-none [checkpoints/tiny-mask ...] --output-dir evals \\
+        --forget-text data/demo/heldout/medical.jsonl.xz --retain-text data/demo/heldout/biology.jsonl.xz \\
+        --general-text data/demo/heldout/general.jsonl.xz --blocklist data/demo/medical_terms.txt \\
+        --mmlu data/demo/eval/mmlu.jsonl.xz --medqa data/demo/eval/medqa.jsonl.xz \\
+        --medmcqa data/demo/eval/medmcqa.jsonl.xz [--limit 50]
+
+Per checkpoint: <output-dir>/<run>.json (everything) and <run>.csv (long format), and a one-line summary on stdout;
+<output-dir>/summary.csv concatenates the rows of the checkpoints of this call. A checkpoint whose JSON exists is
+skipped (resume) unless --overwrite. The checkpoint is loaded in this process with
+megatron_tf.training.load_model_from_checkpoint(dir) -> (model, configs, tokenizer) (TP/PP shards merged);
+--seq-length, the arm (--token-filter) and the forget threshold come from its configs, the iteration and the tokens
+seen / learned from its state.json, unless given here. Metrics, prompt format and files: docs/evaluation.md.
+Logic: megatron_tf/evaluation/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import re
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+
+from megatron_tf.config.cli import add_dataclass_args, dataclass_from_args  # noqa: E402
+from megatron_tf.evaluation.runner import (  # noqa: E402
+    EvaluationConfig,
+    csv_text,
+    evaluate_model,
+    result_rows,
+    run_metadata_from_configs,
+    write_results,
+)
+from megatron_tf.tokenizer.tokenizer import TOKENIZER_TYPES, build_tokenizer  # noqa: E402
+from megatron_tf.utils.io import atomic_write  # noqa: E402
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--load", required=True, nargs="+", help="checkpoint directories (as written by --save)")
+    p.add_argument("--output-dir", required=True, help="where <run>.json / <run>.csv / summary.csv go")
+    p.add_argument("--run-name", default=None, help="name of the run (one --load only; default: the directory name)")
+    p.add_argument("--arm", default=None, help="arm label (default: the checkpoint's --token-filter)")
+    p.add_argument("--size", default=None, help="size label for the scaling report (default: from the parameters)")
+    p.add_argument("--tokens-seen", type=float, default=None, help="override the checkpoint's tokens seen")
+    p.add_argument("--tokens-learned", type=float, default=None, help="override the checkpoint's tokens learned")
+    p.add_argument("--seq-length", type=int, default=None,
+                   help="window length (default: the checkpoint's --seq-length, else max_position_embeddings)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--tokenizer-type", default=None, choices=TOKENIZER_TYPES,
+                   help="rebuild the tokenizer from these flags instead of the checkpoint's")
+    p.add_argument("--tokenizer-model", default=None)
+    p.add_argument("--vocab-size", type=int, default=None, help="NullTokenizer only")
+    p.add_argument("--overwrite", action="store_true", help="re-evaluate checkpoints that have a result")
+    p.add_argument("--save-predictions", action="store_true", help="keep per-question log-likelihoods in the JSON")
+    p.add_argument("--no-progress", action="store_true")
+    add_dataclass_args(p, EvaluationConfig)
+    args = p.parse_args(argv)
+    if args.run_name and len(args.load) > 1:
+        p.error("--run-name needs a single --load")
+    return args
+
+
+def load_checkpoint(path: str, device: torch.device | str = "cpu"):
+    """(model, configs, tokenizer, state) through the trainer's loader, imported here so the rest of the tool works
+    without it. `state` is the checkpoint's state.json (iteration, tokens seen / learned), {} when absent."""
+    try:
+        from megatron_tf.training import load_model_from_checkpoint
+        from megatron_tf.training.checkpoint import read_json, resolve_checkpoint_dir
+    except ImportError as e:
+        raise SystemExit(f"tools/evaluate.py: cannot import megatron_tf.training.load_model_from_checkpoint ({e}); "
+                         "the trainer's checkpoint loader is required to evaluate a checkpoint") from e
+    if not os.path.isdir(path):
+        raise SystemExit(f"tools/evaluate.py: checkpoint directory not found: {path}")
+    model, configs, tokenizer = load_model_from_checkpoint(path, device=device)
+    ckpt_dir = resolve_checkpoint_dir(path)
+    state_path = os.path.join(ckpt_dir, "state.json") if ckpt_dir else ""
+    state = read_json(state_path) if os.path.isfile(state_path) else {}
+    return model, configs, tokenizer, state
+
+
+def default_run_name(path: str) -> str:
+    """The checkpoint directory's name (its parent's for Megatron-style iter_0000100 folders)."""
+    p = os.path.normpath(os.path.abspath(path))
+    base = os.path.basename(p)
+    return os.path.basename(os.path.dirname(p)) if re.fullmatch(r"iter_\d+", base) else base
+
+
+def evaluate_checkpoint(path: str, args, cfg: EvaluationConfig, name: str) -> dict:
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if args.device == "auto" else args.device))
+    model, configs, tokenizer, state = load_checkpoint(path, device)
+    if args.tokenizer_type:
+        tokenizer = build_tokenizer(args.tokenizer_type, args.tokenizer_model, args.vocab_size)
+    if tokenizer is None:
+        raise SystemExit(f"tools/evaluate.py: {path}: the checkpoint's tokenizer cannot be rebuilt (moved?); pass "
+                         "--tokenizer-type and --tokenizer-model")
+    meta = run_metadata_from_configs({"state": state, "configs": configs})
+    seq_length = args.seq_length or meta.get("seq_length") or getattr(model.config, "max_position_embeddings", None)
+    if not seq_length:
+        raise SystemExit(f"tools/evaluate.py: {path}: no seq_length in the checkpoint's configs; pass --seq-length")
+    if cfg.forget_threshold is None and meta.get("forget_threshold") is not None:
+        cfg = dataclasses.replace(cfg, forget_threshold=float(meta["forget_threshold"]))
+    run = {"name": name, "arm": args.arm or meta.get("arm"), "size": args.size, "checkpoint": os.path.abspath(path),
+           "iteration": meta.get("iteration"),
+           "tokens_seen": args.tokens_seen if args.tokens_seen is not None else meta.get("tokens_seen"),
+           "tokens_learned": args.tokens_learned if args.tokens_learned is not None else meta.get("tokens_learned")}
+    return evaluate_model(model, tokenizer, cfg, seq_length=int(seq_length), run=run,
+                          progress=not args.no_progress, predictions=args.save_predictions)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    cfg = dataclass_from_args(EvaluationConfig, args)
+    rows = []
+    for path in args.load:
+        name = args.run_name or default_run_name(path)
+        out_json = os.path.join(args.output_dir, f"{name}.json")
+        if os.path.isfile(out_json) and not args.overwrite:
+            with open(out_json, encoding="utf-8") as f:
+                result = json.load(f)
+            print(f"(exists, skipped) {result.get('summary', name)}")
+        else:
+            result = evaluate_checkpoint(path, args, cfg, name)
+            write_results(result, args.output_dir, name)
+            print(result["summary"])
+        rows.extend(result_rows(result))
+    with atomic_write(os.path.join(args.output_dir, "summary.csv"), "w") as f:
+        f.write(csv_text(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
