@@ -68,7 +68,9 @@ setup(
         "matplotlib>=3.7",
     ],
     extras_require={
-        "test": ["pytest>=7", "pytest-xdist>=3", "ruff>=0.5", "transformers>=4.40"],
+        # megatron-core: the byte-format and GPTDataset equality tests run against it; deepspeed: the ZeRO test.
+        "test": ["pytest>=7", "pytest-xdist>=3", "ruff>=0.5", "transformers>=4.40", "megatron-core>=0.9",
+                 "deepspeed>=0.14"],
         "hf": ["transformers>=4.40"],
         "megatron": ["megatron-core>=0.9"],  # side-by-side format checks and benchmarks
         "deepspeed": ["deepspeed>=0.14"],

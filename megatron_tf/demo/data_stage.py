@@ -43,12 +43,13 @@ class DemoData:
 
 
 def prepare_demo_data(out_dir: str, demo_dir: str = DEMO_DIR, workers: int = 1,
-                      domains: tuple[str, ...] = DOMAINS, progress: bool = True) -> DemoData:
+                      domains: tuple[str, ...] = DOMAINS, progress: bool = True,
+                      tokenizer_model: str | None = None) -> DemoData:
     """Preprocess every demo file into its own prefix and annotate it with the blocklist labeler.
 
     Both steps skip work whose outputs already exist and resume interrupted work (their own guarantees).
     """
-    data = DemoData(out_dir, os.path.join(demo_dir, "tokenizer", "demo_sp.model"),
+    data = DemoData(out_dir, tokenizer_model or os.path.join(demo_dir, "tokenizer", "demo_sp.model"),
                     os.path.join(demo_dir, "medical_terms.txt"))
     tok = build_tokenizer(**data.tokenizer_args)
     labeler = BlocklistLabeler.from_file(data.terms, tok)
