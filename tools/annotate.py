@@ -9,6 +9,10 @@ logic: megatron_tf/labeling/annotate.py). Resumable: re-run the same command aft
     python tools/annotate.py --data-prefix P --labeler sae --sae-reference-lm LM_DIR --sae SAE_DIR_OR_RELEASE:ID \
         --sae-latents latents.json [--sae-min-seed-latents 2] [--sae-device cuda] --tokenizer-type ...
         (docs/sae_labels.md)
+
+    python tools/annotate.py --data-prefix P --labeler classifier --classifier CLS_DIR --tokenizer-type ... \
+        [--classifier-device auto] [--classifier-batch-tokens 16384] [--workers N] \
+        [--pretrain-params 1.8e9 --pretrain-tokens 3.6e10]          (docs/classifier.md)
 """
 
 from __future__ import annotations

@@ -212,7 +212,8 @@ class _Builder:
         if sample_filter is None:
             sample_filter = self.train_filter if split == "train" else self.eval_filter
         ds = GPTDataset(src, docs, num_samples, self.cfg.seq_length, self.cfg.seed, sample_filter,
-                        default_cache_dir(prefix, self.cfg.data_cache_path), split)
+                        default_cache_dir(prefix, self.cfg.data_cache_path), split,
+                        reverse_documents=self.cfg.reverse_documents, eod_id=self.tok.eod)
         return ds, st
 
     def split_dataset(self, prefixes: list[str], weights: list[float] | None, bookends: list, i: int,

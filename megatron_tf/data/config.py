@@ -37,6 +37,9 @@ class GPTDatasetConfig:
         "next document's first token is not trained)."))
     reset_position_ids: bool = field(default=False, metadata=opt(
         "Add `position_ids` restarting at 0 after every <|endoftext|> input token (Megatron's rule)."))
+    reverse_documents: bool = field(default=False, metadata=opt(
+        "Serve every document reversed (content tokens in reverse order, a trailing <|endoftext|> kept last): "
+        "trains the right-to-left LM of a biLM classifier (data/reverse.py, docs/classifier.md)."))
     num_workers: int = field(default=2, metadata=opt("DataLoader worker processes per rank."))
     seq_length: int = field(default=1024, metadata=opt("Tokens per sample (inputs); set by the trainer.", cli=False))
     seed: int = field(default=1234, metadata=opt("Seed of the document and sample shuffles.", cli=False))

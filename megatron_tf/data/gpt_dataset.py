@@ -27,6 +27,7 @@ import torch
 from ..utils.logging import get_logger
 from .index_cache import array_digest, load_or_build
 from .indexed_dataset import IndexedDataset
+from .reverse import reversed_ranges
 
 log = get_logger(__name__)
 
@@ -154,10 +155,15 @@ class GPTDataset(torch.utils.data.Dataset):
         num_samples: minimum number of samples (None: one epoch); len(ds) may be larger (whole epochs' samples).
         sample_filter: filters.SampleFilter turning raw tokens + forget flags into the sample dict.
         cache_dir: index cache directory (None: in memory).
+        reverse_documents: serve every document reversed (data/reverse.py: content reversed, a trailing eod kept
+            last; needs `eod_id`). The indices depend only on sequence lengths, so they are the forward ones (and
+            shared with them in the cache); only the token order inside each document changes, forget flags move
+            with their tokens.
     """
 
     def __init__(self, source, documents: np.ndarray, num_samples: int | None, seq_length: int, seed: int,
-                 sample_filter, cache_dir: str | None = None, split_name: str = "train"):
+                 sample_filter, cache_dir: str | None = None, split_name: str = "train",
+                 reverse_documents: bool = False, eod_id: int | None = None):
         self.source = source
         self.indexed: IndexedDataset = source.indexed
         self.documents = np.asarray(documents, dtype=np.int32)
@@ -192,6 +198,15 @@ class GPTDataset(torch.utils.data.Dataset):
         self._doc_index = np.asarray(self.document_index)
         self._sample_index = np.asarray(self.sample_index)
         self._shuffle_index = np.asarray(self.shuffle_index)
+        self.reverse_documents = bool(reverse_documents)
+        if self.reverse_documents:
+            if eod_id is None:
+                raise ValueError("reverse_documents needs eod_id (the tokenizer's <|endoftext|>)")
+            if len(self.indexed) != self.indexed.num_documents:
+                raise ValueError(f"{source.prefix}: --reverse-documents needs one sequence per document, found "
+                                 f"{len(self.indexed)} sequences in {self.indexed.num_documents} documents "
+                                 "(made with --split-sentences?)")
+            self.eod_id = int(eod_id)
 
     def __len__(self) -> int:
         return int(self.sample_index.shape[0]) - 1
@@ -207,15 +222,46 @@ class GPTDataset(torch.utils.data.Dataset):
         starts[0] += o0
         return starts, ends
 
+    def reversed_pieces(self, idx: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """--reverse-documents: stored ranges (starts, ends, backward) whose concatenation, each range flipped
+        where `backward`, is sample idx of the reversed stream (seq_length + 1 tokens)."""
+        j = int(self._shuffle_index[idx])
+        (d0, o0), (d1, o1) = self._sample_index[j : j + 2].tolist()
+        docs = self._doc_index[d0 : d1 + 1]
+        starts = self._seq_offsets[docs]
+        ends = self._seq_offsets[docs + 1]
+        lengths = ends - starts
+        last = self._bin[np.maximum(ends - 1, 0)]
+        content = lengths - ((lengths > 0) & (last == self.eod_id))
+        lo = np.zeros_like(lengths)
+        hi = lengths.copy()
+        lo[0] = o0
+        hi[-1] = o1 + 1
+        out = [r for k in range(len(docs)) for r in reversed_ranges(int(starts[k]), int(lengths[k]), int(content[k]),
+                                                                    int(lo[k]), int(hi[k]))]
+        a, b, back = zip(*out)
+        return np.asarray(a, np.int64), np.asarray(b, np.int64), np.asarray(back, bool)
+
     def raw(self, idx: int) -> tuple[np.ndarray, np.ndarray | None]:
         """(tokens int64 [seq_length + 1], forget flags bool [seq_length + 1] or None) of sample idx."""
-        starts, ends = self.pieces(idx)
+        if self.reverse_documents:
+            starts, ends, backward = self.reversed_pieces(idx)
+        else:
+            starts, ends = self.pieces(idx)
+            backward = None
         bin_ = self._bin
         if len(starts) == 1:
             text = bin_[starts[0] : ends[0]].astype(np.int64)
         else:
             text = np.concatenate([bin_[s:e] for s, e in zip(starts.tolist(), ends.tolist())], dtype=np.int64)
         flags = self.source.flags.gather(starts, ends) if self.source.flags is not None else None
+        if backward is not None and backward.any():
+            order = np.arange(text.shape[0], dtype=np.int64)
+            pos = np.cumsum(ends - starts) - (ends - starts)
+            for k in np.flatnonzero(backward).tolist():
+                order[pos[k] : pos[k] + ends[k] - starts[k]] = order[pos[k] : pos[k] + ends[k] - starts[k]][::-1]
+            text = text[order]
+            flags = flags[order] if flags is not None else None
         return text, flags
 
     def get(self, idx: int, consumed_index: int | None = None) -> dict[str, np.ndarray]:

@@ -56,7 +56,7 @@ from .labeler import TokenLabeler, check_scores
 log = get_logger(__name__)
 
 MANIFEST_FORMAT = 1
-LABELERS = ("blocklist", "sae")
+LABELERS = ("blocklist", "sae", "classifier")
 
 
 @dataclass
@@ -287,6 +287,7 @@ class AnnotateSummary:
     doc_frac_threshold: float
     seconds: float
     resumed_chunks: int
+    notes: list[str] = field(default_factory=list)  # labeler-specific lines (the classifier's cost accounting)
 
     def format(self) -> str:
         rate = self.num_tokens / max(self.seconds, 1e-9)
@@ -300,6 +301,7 @@ class AnnotateSummary:
         lines.append(f"  documents with {frac_column(self.doc_frac_threshold)[0]} >= 0.50: "
                      f"{self.doc_fraction_frac:.2%}")
         lines += [f"  wrote {p}" for p in self.paths]
+        lines += self.notes
         return "\n".join(lines)
 
 
@@ -428,8 +430,17 @@ def _finalize(ds: IndexedDataset, fingerprint: str, work: str, nchunks: int, nam
 
 
 # ---- command line ----------------------------------------------------------------------------------------------
-def build_labeler(cfg: AnnotateConfig, tokenizer, sae_options=None) -> TokenLabeler:
-    """`sae_options`: a labeling.sae.SAELabelerOptions, for --labeler sae."""
+def build_labeler(cfg: AnnotateConfig, tokenizer, sae_options=None, classifier_options=None) -> TokenLabeler:
+    """`sae_options`: a labeling.sae.SAELabelerOptions, for --labeler sae; `classifier_options`: a
+    classifier.config.ClassifierOptions, for --labeler classifier."""
+    if cfg.labeler == "classifier":
+        from ..classifier.labeler import ClassifierLabeler
+
+        if classifier_options is None:
+            raise ValueError("--labeler classifier needs --classifier DIR")
+        labeler = ClassifierLabeler.from_options(classifier_options, cfg.workers)
+        labeler.check_tokenizer(tokenizer)
+        return labeler
     if cfg.labeler == "sae":
         from .sae.labeler import SAELabeler
 
@@ -445,16 +456,23 @@ def build_labeler(cfg: AnnotateConfig, tokenizer, sae_options=None) -> TokenLabe
     raise ValueError(f"unknown --labeler {cfg.labeler!r}; expected one of {LABELERS}")
 
 
-def run(cfg: AnnotateConfig, sae_options=None) -> AnnotateSummary:
+def run(cfg: AnnotateConfig, sae_options=None, classifier_options=None) -> AnnotateSummary:
     if not cfg.data_prefix:
         raise ValueError("--data-prefix is required")
     if not cfg.tokenizer_type:
         raise ValueError("--tokenizer-type is required (the tokenizer the dataset was made with)")
     tokenizer = build_tokenizer(cfg.tokenizer_type, cfg.tokenizer_model, cfg.vocab_size)
-    labeler = build_labeler(cfg, tokenizer, sae_options)
-    return annotate(cfg.data_prefix, labeler, tokenizer, name=cfg.name, write_mask_threshold=cfg.write_mask_threshold,
-                    doc_frac_threshold=cfg.doc_frac_threshold, workers=cfg.workers, chunk_docs=cfg.chunk_docs,
-                    restart=cfg.restart, progress=cfg.progress)
+    labeler = build_labeler(cfg, tokenizer, sae_options, classifier_options)
+    summary = annotate(cfg.data_prefix, labeler, tokenizer, name=cfg.name,
+                       write_mask_threshold=cfg.write_mask_threshold, doc_frac_threshold=cfg.doc_frac_threshold,
+                       workers=cfg.workers, chunk_docs=cfg.chunk_docs, restart=cfg.restart, progress=cfg.progress)
+    if cfg.labeler == "classifier":
+        from ..classifier.cost import cost_lines
+
+        lengths = np.diff(IndexedDataset(cfg.data_prefix).document_token_offsets())
+        summary.notes += cost_lines(labeler.cost(lengths), classifier_options.pretrain_params,
+                                    classifier_options.pretrain_tokens)
+    return summary
 
 
 def build_parser():
@@ -467,6 +485,9 @@ def build_parser():
     from .sae.config import SAELabelerOptions
 
     add_dataclass_args(p, SAELabelerOptions, "SAE labeler (--labeler sae; docs/sae_labels.md)")
+    from ..classifier.config import ClassifierOptions
+
+    add_dataclass_args(p, ClassifierOptions, "classifier labeler (--labeler classifier; docs/classifier.md)")
     return p
 
 
@@ -484,7 +505,12 @@ def main(argv: list[str] | None = None) -> int:
             from .sae.config import SAELabelerOptions
 
             sae_options = dataclass_from_args(SAELabelerOptions, args)
-        summary = run(cfg, sae_options)
+        classifier_options = None
+        if cfg.labeler == "classifier":
+            from ..classifier.config import ClassifierOptions
+
+            classifier_options = dataclass_from_args(ClassifierOptions, args)
+        summary = run(cfg, sae_options, classifier_options)
     except (ValueError, FileNotFoundError, ImportError) as e:
         print(f"annotate: error: {e}", file=sys.stderr)
         return 2
