@@ -36,6 +36,8 @@ class DemoData:
     train: dict[str, str] = field(default_factory=dict)  # domain -> dataset prefix
     heldout: dict[str, str] = field(default_factory=dict)
     annotation: dict[str, str] = field(default_factory=dict)  # prefix -> summary text
+    # the annotation the training filters read: "forget" (blocklist) or "cls" (the biLM classifier, --classifier)
+    filter_name: str = "forget"
 
     @property
     def tokenizer_args(self) -> dict:
@@ -44,8 +46,10 @@ class DemoData:
 
 def prepare_demo_data(out_dir: str, demo_dir: str = DEMO_DIR, workers: int = 1,
                       domains: tuple[str, ...] = DOMAINS, progress: bool = True,
-                      tokenizer_model: str | None = None) -> DemoData:
-    """Preprocess every demo file into its own prefix and annotate it with the blocklist labeler.
+                      tokenizer_model: str | None = None, classifier: str | None = None) -> DemoData:
+    """Preprocess every demo file into its own prefix and annotate it with the blocklist labeler (annotation
+    "forget": the teacher labels, also used by the token-level evaluation). With `classifier` (a biLM artifact,
+    tools/train_classifier.py) every prefix is also annotated by it as "cls", and the training filters read "cls".
 
     Both steps skip work whose outputs already exist and resume interrupted work (their own guarantees).
     """
@@ -66,6 +70,17 @@ def prepare_demo_data(out_dir: str, demo_dir: str = DEMO_DIR, workers: int = 1,
                 summary = annotate(prefix, labeler, tok, progress=progress)
                 data.annotation[prefix] = summary.format()
             target[dom] = prefix
+    if classifier:
+        from ..classifier.labeler import ClassifierLabeler
+
+        cls = ClassifierLabeler(classifier, device="auto")
+        cls.check_tokenizer(tok)
+        for target in (data.train, data.heldout):
+            for prefix in target.values():
+                if not os.path.exists(prefix + ".cls.tokscores"):
+                    data.annotation[prefix + " (cls)"] = annotate(prefix, cls, tok, name="cls",
+                                                                   progress=progress).format()
+        data.filter_name = "cls"
     return data
 
 
@@ -78,7 +93,7 @@ def filter_summary(data: DemoData, seq_length: int = 128, forget_threshold: floa
     for mode in FILTER_MODES:
         for dom, prefix in data.train.items():
             fcfg = FilterConfig(token_filter=mode, forget_threshold=forget_threshold,
-                                document_threshold=document_threshold)
+                                document_threshold=document_threshold, forget_sidecar_name=data.filter_name)
             cfg = GPTDatasetConfig(data_path=[prefix], split="1,0,0", seq_length=seq_length, seed=seed,
                                    data_cache_path=os.path.join(data.out_dir, "cache"))
             ds = build_gpt_datasets(cfg, fcfg, tok, [num_samples, None, None]).train

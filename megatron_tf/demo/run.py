@@ -72,7 +72,7 @@ def _train_args(size: DemoSize, data: DemoData, arm: str, save: str, seed: int, 
         "--adam-beta2", "0.95", "--bf16",
         "--tokenizer-type", "SentencePieceTokenizer", "--tokenizer-model", data.tokenizer_model,
         "--data-path", *train, "--split", "98,2,0", "--num-workers", "1",
-        "--token-filter", arm, "--forget-threshold", str(forget_threshold),
+        "--token-filter", arm, "--forget-threshold", str(forget_threshold), "--forget-sidecar-name", data.filter_name,
         "--eval-data-path", *(f"{role}={data.heldout[dom]}" for role, dom in
                               (("forget", "medical"), ("retain", "biology"), ("general", "general"))),
         "--save", save, "--load", save, "--save-interval", "100", "--eval-interval", "100", "--eval-iters", "4",
@@ -256,7 +256,7 @@ def write_report(out_dir: str, size_name: str, size: DemoSize, filter_table: str
 
 def run_demo(out_dir: str, size_name: str = "tiny", arms: tuple[str, ...] = FILTER_MODES, seed: int = 1234,
              workers: int = 1, train_tokens: int | None = None, document_threshold: float = 0.05,
-             forget_threshold: float = 0.5, eval_limit: int | None = None) -> dict:
+             forget_threshold: float = 0.5, eval_limit: int | None = None, classifier: str | None = None) -> dict:
     size = SIZES[size_name]
     if train_tokens is not None:
         size = DemoSize(**{**asdict(size), "train_tokens": train_tokens})
@@ -274,8 +274,10 @@ def run_demo(out_dir: str, size_name: str = "tiny", arms: tuple[str, ...] = FILT
         log.warning("retrained tokenizer differs from the shipped one (sentencepiece version?); using the shipped "
                     "model so results compare across machines")
         shutil.copyfile(shipped, tok_path)
-    # 2-3. preprocess + annotate (blocklist labels; the learned classifier plugs into tools/annotate.py)
-    data = prepare_demo_data(out_dir, workers=workers, tokenizer_model=tok_path)
+    # 2-3. preprocess + annotate: blocklist labels, and the biLM classifier's when one is given (--classifier)
+    data = prepare_demo_data(out_dir, workers=workers, tokenizer_model=tok_path, classifier=classifier)
+    log.info("training filters read annotation %r (%s)", data.filter_name,
+             "biLM classifier " + classifier if classifier else "medical blocklist")
     filter_table = format_filter_table(filter_summary(data, document_threshold=document_threshold,
                                                       forget_threshold=forget_threshold))
     print("\n" + filter_table + "\n", flush=True)
@@ -309,7 +311,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval-limit", type=int, default=None, help="documents / questions per eval set (preset)")
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--workers", type=int, default=1, help="preprocessing worker processes")
+    p.add_argument("--classifier", default=None, metavar="DIR",
+                   help="filter with a biLM classifier artifact (tools/train_classifier.py; e.g. the one "
+                        "`python -m megatron_tf.classifier.demo_run` trains) instead of the blocklist labels; the "
+                        "token-level evaluation keeps the blocklist labels as the reference")
     a = p.parse_args(argv)
     run_demo(a.out, a.size, tuple(a.arms), a.seed, a.workers, a.train_tokens, a.document_threshold,
-             a.forget_threshold, a.eval_limit)
+             a.forget_threshold, a.eval_limit, a.classifier)
     return 0

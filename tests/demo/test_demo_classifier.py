@@ -1,0 +1,77 @@
+"""The demo's data stage with a biLM classifier (--classifier): every prefix is annotated as `cls` and the training
+filters read it, while the blocklist annotation `forget` stays (the token-level evaluation's reference labels)."""
+
+import json
+import lzma
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from megatron_tf.classifier.artifact import lm_from_model, save_classifier
+from megatron_tf.classifier.probe import Probe
+from megatron_tf.data.indexed_dataset import IndexedDataset
+from megatron_tf.data.sidecar import TokenScores
+from megatron_tf.demo.data_stage import DEMO_DIR, DOMAINS, filter_summary, prepare_demo_data
+from megatron_tf.model.config import ModelConfig
+from megatron_tf.model.gpt import build_gpt_stage
+from megatron_tf.tokenizer.tokenizer import build_tokenizer
+
+TEXT = {
+    "medical": "The patient was given insulin for diabetes and the dose of the drug was changed. ",
+    "biology": "Mitochondria make energy for the cell and the membrane keeps the proteins inside. ",
+    "general": "The train left the station in the morning and the town was quiet for the day. ",
+}
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("demo_src")
+    os.makedirs(d / "tokenizer")
+    shutil.copyfile(os.path.join(DEMO_DIR, "tokenizer", "demo_sp.model"), d / "tokenizer" / "demo_sp.model")
+    shutil.copyfile(os.path.join(DEMO_DIR, "medical_terms.txt"), d / "medical_terms.txt")
+    for split in ("train", "heldout"):
+        os.makedirs(d / split)
+        for dom in DOMAINS:
+            with lzma.open(d / split / f"{dom}.jsonl.xz", "wt") as f:
+                for k in range(12):
+                    f.write(json.dumps({"text": TEXT[dom] * (3 + k % 4)}) + "\n")
+    return str(d)
+
+
+def constant_artifact(path, tok, bias: float) -> str:
+    """A biLM artifact whose probe ignores the features and outputs sigmoid(bias) for every token."""
+    cfg = ModelConfig(num_layers=1, hidden_size=16, num_attention_heads=2, ffn_hidden_size=32,
+                      vocab_size=tok.vocab_size, make_vocab_size_divisible_by=8)
+    lms = [lm_from_model(build_gpt_stage(cfg, seed=s).eval()) for s in (1, 2)]
+    probe = Probe(32, "logistic")
+    with torch.no_grad():
+        for m in probe.head.modules():
+            if isinstance(m, torch.nn.Linear):
+                m.weight.zero_()
+                m.bias.fill_(bias)
+    return save_classifier(str(path), forward_lm=lms[0], reversed_lm=lms[1], probe=probe.eval(), layer=0, window=64,
+                           context=16, tokenizer=tok, threshold=0.5, base_rate=0.1)
+
+
+@pytest.mark.parametrize("bias", [20.0, -20.0])
+def test_training_filters_read_the_classifier_annotation(tmp_path, demo_dir, bias):
+    tok = build_tokenizer("SentencePieceTokenizer", os.path.join(demo_dir, "tokenizer", "demo_sp.model"))
+    cls = constant_artifact(tmp_path / "cls", tok, bias)
+    data = prepare_demo_data(str(tmp_path / "out"), demo_dir=demo_dir, progress=False, classifier=cls)
+    assert data.filter_name == "cls"
+    for prefix in [*data.train.values(), *data.heldout.values()]:
+        ds = IndexedDataset(prefix)
+        q = TokenScores(prefix + ".cls.tokscores", ds).q
+        assert np.all(q == (255 if bias > 0 else 0))  # every token scored by the classifier
+        assert os.path.exists(prefix + ".forget.tokscores")  # the blocklist labels stay
+    summary = filter_summary(data, seq_length=32, num_samples=16, document_threshold=2.0)  # keeps every document
+    rows = {(r["mode"], r["domain"]): r for r in summary}
+    for dom in DOMAINS:
+        assert rows[("none", dom)]["learned_fraction"] == 1.0
+        # everything is forget (bias > 0) or nothing is, in every domain: the blocklist would flag medical only
+        expected = 0.0 if bias > 0 else 1.0
+        assert rows[("mask", dom)]["learned_fraction"] == expected
+        assert rows[("remove", dom)]["hidden_fraction"] == pytest.approx(1.0 - expected)
