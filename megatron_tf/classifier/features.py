@@ -27,64 +27,12 @@ document would attend to its neighbours and its scores would depend on how the c
 
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 import torch
 
 from ..data.reverse import reversal_permutation
+from ..model.taps import LayerTap
 from .windows import Window, check_window, plan_windows
-
-
-class _Stop(Exception):
-    """Raised by the deepest hook once every requested layer is captured."""
-
-
-class LayerTap:
-    """Runs a GPTModel up to the deepest of `layers` and returns their hidden states [b, s, h] (float32)."""
-
-    def __init__(self, model: torch.nn.Module, layers: list[int]):
-        if not layers:
-            raise ValueError("LayerTap needs at least one layer")
-        num_layers = len(model.decoder.layers)
-        lo, hi = model.layer_range
-        if (lo, hi) != (0, model.config.num_layers) or not model.pre_process:
-            raise ValueError(f"LayerTap needs the whole model (one pipeline stage); got layers [{lo}, {hi})")
-        bad = [layer for layer in layers if not -1 <= layer < num_layers]
-        if bad:
-            raise ValueError(f"layers {bad} outside [-1, {num_layers}) (-1 = embedding output, l = output of block "
-                             f"l of {num_layers})")
-        self.model = model
-        self.layers = sorted(set(int(x) for x in layers))
-
-    def _module(self, layer: int) -> torch.nn.Module:
-        return self.model.embedding if layer < 0 else self.model.decoder.layers[str(layer)]
-
-    @torch.inference_mode()
-    def __call__(self, ids: torch.Tensor, autocast_dtype: torch.dtype | None = None) -> dict[int, torch.Tensor]:
-        got: dict[int, torch.Tensor] = {}
-        deepest = self.layers[-1]
-
-        def make_hook(layer):
-            def hook(_mod, _inp, out):
-                got[layer] = out.transpose(0, 1).float()  # [s, b, h] -> [b, s, h]
-                if layer == deepest:
-                    raise _Stop
-
-            return hook
-
-        handles = [self._module(layer).register_forward_hook(make_hook(layer)) for layer in self.layers]
-        ac = (torch.autocast(ids.device.type, dtype=autocast_dtype) if autocast_dtype is not None
-              else contextlib.nullcontext())
-        try:
-            with ac:
-                self.model(input_ids=ids)
-        except _Stop:
-            pass
-        finally:
-            for h in handles:
-                h.remove()
-        return got
 
 
 def _batches(lengths: list[int], batch_tokens: int) -> list[list[int]]:

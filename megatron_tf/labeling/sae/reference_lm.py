@@ -13,9 +13,9 @@ Implemented here:
 - `HFReferenceLM`: a Hugging Face causal LM directory with a fast tokenizer (tokenizer.json; character offsets),
   loaded with `local_files_only=True`.
 - `CallableReferenceLM`: any megatron_tf `Tokenizer` (they all have `tokenize_with_offsets`) plus a callable
-  `residual_fn(ids [B, T] LongTensor, attention_mask [B, T]) -> [B, T, d_model]`. This is the hook point for a
-  megatron_tf checkpoint: its adapter loads the GPT model and passes a function returning the output of block L
-  (see `load_reference_lm`).
+  `residual_fn(ids [B, T] LongTensor, attention_mask [B, T]) -> [B, T, d_model]`.
+- `megatron_tf_reference_lm`: a checkpoint of this project's trainer (TP/PP shards merged), as a
+  `CallableReferenceLM` over the run's tokenizer and the output of block L (model/taps.py).
 
 Which tensor is "after block L": the output of decoder block L (0-based), i.e. the residual stream that block L+1
 reads; Gemma Scope's `blocks.L.hook_resid_post`. In Hugging Face models that is `hidden_states[L + 1]` of
@@ -199,24 +199,63 @@ class CallableReferenceLM:
 
 
 def is_megatron_tf_checkpoint(path: str) -> bool:
-    return os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")) and any(
-        os.path.exists(os.path.join(path, f)) for f in ("latest_checkpointed_iteration.txt", "model_config.json"))
+    """A trainer --save directory (a `latest` file) or one of its iter_* directories (training/checkpoint.py)."""
+    from ...training.checkpoint import resolve_checkpoint_dir
+
+    if not os.path.isdir(path):
+        return False
+    try:
+        return resolve_checkpoint_dir(path) is not None
+    except Exception:  # a `latest` naming a missing directory is still a (broken) checkpoint: say so when loading
+        return os.path.isfile(os.path.join(path, "latest"))
+
+
+def megatron_tf_reference_lm(path: str, layer: int, *, device: str = "cpu", dtype: str = "float32",
+                             context_size: int = 1024, bos: str = "auto") -> CallableReferenceLM:
+    """A megatron_tf checkpoint as the reference LM: TP/PP shards merged into one model
+    (training.api.load_model_from_checkpoint), the run's own tokenizer (character offsets from
+    `tokenize_with_offsets`), the residual stream after block `layer` read with model/taps.LayerTap (later blocks
+    not run). BOS (`--bos auto`): the tokenizer's <|endoftext|>, the separator the model saw before every document
+    in training. Windows are right-padded (causal attention: padding never reaches a real position; tested).
+    `context_size` may not exceed the run's --seq-length (RoPE is not asked to extrapolate)."""
+    from ...model.taps import LayerTap
+    from ...training.api import load_model_from_checkpoint
+
+    model, cfgs, tok = load_model_from_checkpoint(path, device=device, dtype=_dtype(dtype))
+    if tok is None:
+        raise FileNotFoundError(f"{path}: the run's tokenizer file ({cfgs.tokenizer.tokenizer_model}) is gone; the "
+                                "reference LM needs it to map labels back to characters")
+    num_layers = model.config.num_layers
+    if not 0 <= layer < num_layers:
+        raise ValueError(f"--hook-layer {layer} outside the {num_layers} blocks of {path}")
+    seq = cfgs.training.seq_length
+    if context_size > seq:
+        raise ValueError(f"--context-size {context_size} exceeds the checkpoint's --seq-length {seq} ({path})")
+    if bos == "auto":
+        bos_id = tok.eod
+    elif bos == "none":
+        bos_id = None
+    else:
+        bos_id = int(bos)
+    tap = LayerTap(model, [layer])
+
+    def residual_fn(ids: torch.Tensor, _mask: torch.Tensor) -> torch.Tensor:
+        return tap(ids)[layer]
+
+    return CallableReferenceLM(tok, residual_fn, d_model=model.config.hidden_size, num_layers=num_layers,
+                               layer=layer, bos_id=bos_id, context_size=context_size, pad_id=tok.pad,
+                               name=f"megatron_tf:{os.path.abspath(path)}", device=device)
 
 
 def load_reference_lm(path: str, layer: int, *, device: str = "cpu", dtype: str = "float32",
                       context_size: int = 1024, attn_implementation: str | None = None, bos: str = "auto"):
-    """Open a reference LM: a Hugging Face directory, or (hook point, not implemented yet) a megatron_tf checkpoint.
-
-    A megatron_tf checkpoint adapter builds a `CallableReferenceLM(tokenizer, residual_fn, ...)` with the run's
-    tokenizer and a function returning the output of block `layer` of the loaded GPT model.
-    """
-    if os.path.isfile(os.path.join(path, "config.json")):
+    """Open a reference LM: a Hugging Face directory (`HFReferenceLM`) or a megatron_tf checkpoint
+    (`megatron_tf_reference_lm`)."""
+    if os.path.isfile(os.path.join(path, "config.json")) and not is_megatron_tf_checkpoint(path):
         return HFReferenceLM(path, layer, device=device, dtype=dtype, context_size=context_size,
                              attn_implementation=attn_implementation, bos=bos)
     if is_megatron_tf_checkpoint(path):
-        raise NotImplementedError(
-            f"{path} looks like a megatron_tf checkpoint: the adapter for those is not written yet (the trainer is "
-            "in progress). Export it to a Hugging Face directory, or wrap the model in "
-            "megatron_tf.labeling.sae.reference_lm.CallableReferenceLM.")
+        return megatron_tf_reference_lm(path, layer, device=device, dtype=dtype, context_size=context_size, bos=bos)
     raise FileNotFoundError(f"reference LM {path}: expected a Hugging Face causal LM directory (config.json, "
-                            "weights, tokenizer.json)")
+                            "weights, tokenizer.json) or a megatron_tf checkpoint (a --save directory with `latest`, "
+                            "or an iter_* directory)")

@@ -69,6 +69,38 @@ def test_tokenizer_offsets_bos_and_errors(llama_dir, tmp_path):
     with pytest.raises(FileNotFoundError, match="Hugging Face"):
         load_reference_lm(str(tmp_path), 0)
     (tmp_path / "ckpt").mkdir()
-    (tmp_path / "ckpt" / "latest_checkpointed_iteration.txt").write_text("10")
-    with pytest.raises(NotImplementedError, match="CallableReferenceLM"):
+    (tmp_path / "ckpt" / "latest").write_text("iter_0000010")
+    with pytest.raises(Exception, match="iter_0000010"):  # a broken trainer checkpoint: named, not "not HF"
         load_reference_lm(str(tmp_path / "ckpt"), 0)
+
+
+def test_megatron_tf_checkpoint_as_reference_lm(tmp_path):
+    """A trainer checkpoint opens as a reference LM: the run's tokenizer, BOS = <|endoftext|>, and the residual
+    after block L equals the output of decoder.layers[L] of the same weights run in full (float64, one sequence,
+    unpadded), for a padded batch of two lengths."""
+    from megatron_tf.training import load_model_from_checkpoint, pretrain
+    from tests.training.synth import make_data, tiny_args
+
+    prefix = make_data(tmp_path, n_docs=40)
+    save = str(tmp_path / "ckpt")
+    pretrain(tiny_args(prefix, iters=2, extra=["--save", save, "--eval-iters", "0"]))
+    lm = load_reference_lm(save, 0, context_size=16)
+    model, _cfgs, tok = load_model_from_checkpoint(save, dtype=torch.float64)
+    assert lm.num_layers == 2 and lm.d_model == 32 and lm.layer == 0 and lm.bos_id == tok.eod
+    assert lm.describe()["tokenizer_fingerprint"] == tok.fingerprint
+    ids, offs = lm.tokenize_with_offsets("5 17 99")
+    assert ids == [5, 17, 99] and offs == [(0, 1), (2, 4), (5, 7)]
+    seqs = [[tok.eod, 5, 17, 99, 3, 8], [tok.eod, 42, 7]]
+    got = lm.residual_batch(seqs)
+    out = []
+    handle = model.decoder.layers["0"].register_forward_hook(lambda m, i, o: out.append(o[:, 0]))
+    for s, h in zip(seqs, got):  # reference: the whole float64 model on one unpadded sequence, block 0 hooked
+        with torch.no_grad():
+            model(input_ids=torch.tensor([s]))
+        assert h.shape == (len(s), 32)
+        torch.testing.assert_close(h.double(), out[-1], rtol=1e-5, atol=1e-5)
+    handle.remove()
+    with pytest.raises(ValueError, match="outside the 2 blocks"):
+        load_reference_lm(save, 2, context_size=16)
+    with pytest.raises(ValueError, match="--seq-length 16"):
+        load_reference_lm(save, 0, context_size=64)
