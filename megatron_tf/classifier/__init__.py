@@ -10,5 +10,6 @@ corpus-scale annotation (`tools/annotate.py --labeler classifier --classifier DI
     labeler.py    ClassifierLabeler (TokenLabeler) for the annotation runner
     cost.py       annotation FLOPs vs pretraining FLOPs
     corpus.py     labeled documents from sidecars, class-balanced token sampling
-    train.py      tools/train_classifier.py;  evaluate.py  tools/eval_classifier.py;  demo_run.py  the demo run
+    train.py      tools/train_classifier.py;  evaluate.py  tools/eval_classifier.py
+(the CPU demo run: megatron_tf/demo/classifier_run.py)
 """

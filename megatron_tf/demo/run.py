@@ -313,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=1, help="preprocessing worker processes")
     p.add_argument("--classifier", default=None, metavar="DIR",
                    help="filter with a biLM classifier artifact (tools/train_classifier.py; e.g. the one "
-                        "`python -m megatron_tf.classifier.demo_run` trains) instead of the blocklist labels; the "
+                        "`python -m megatron_tf.demo.classifier_run` trains) instead of the blocklist labels; the "
                         "token-level evaluation keeps the blocklist labels as the reference")
     a = p.parse_args(argv)
     run_demo(a.out, a.size, tuple(a.arms), a.seed, a.workers, a.train_tokens, a.document_threshold,

@@ -2,7 +2,7 @@
 # SAE weak labels with a megatron_tf checkpoint as the reference LM (the classifier demo's forward LM, 4 x 128,
 # 2.85M parameters, 1.2M training tokens): train an SAE on block 2, select medical latents on the TRAINING slices,
 # label the HELD-OUT slices, compare with the blocklist labels. ~6 minutes on 2 cores. Run from the repo root after
-# `python -m megatron_tf.classifier.demo_run` (which makes runs/classifier_demo).
+# `python -m megatron_tf.demo.classifier_run` (which makes runs/classifier_demo).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 LM=runs/classifier_demo/lm_forward

@@ -1,6 +1,6 @@
 """The biLM classifier on the bundled demo corpus, end to end on CPU (numbers in docs/classifier.md).
 
-    python -m megatron_tf.classifier.demo_run --out runs/classifier_demo      # about 15 minutes on 2 cores
+    python -m megatron_tf.demo.classifier_run --out runs/classifier_demo      # about 15 minutes on 2 cores
 
 1. data: the demo data stage (preprocess every domain, blocklist labels under the name `forget`);
 2. a second teacher for the held-out-terms experiment: a seeded half of the blocklist terms ("terms A"), annotated
@@ -36,7 +36,7 @@ LM = {"num_layers": 4, "hidden_size": 128, "num_attention_heads": 4, "seq_length
 
 
 def lm_args(data, save: str, reverse: bool, seed: int = 1234) -> list[str]:
-    from ..demo.data_stage import DOMAINS
+    from .data_stage import DOMAINS
 
     train = [x for dom in DOMAINS for x in ("1", data.train[dom])]
     args = ["--num-layers", str(LM["num_layers"]), "--hidden-size", str(LM["hidden_size"]),
@@ -85,12 +85,12 @@ def split_terms(terms_file: str, out: str, seed: int = 0) -> tuple[str, list[str
 
 
 def run(out: str, seed: int = 1234) -> dict:
-    from ..demo.data_stage import DOMAINS, prepare_demo_data
+    from ..classifier.evaluate import EvalClassifierConfig, evaluate_classifiers, format_report
+    from ..classifier.train import TrainClassifierConfig, format_sweep, train_classifier
     from ..labeling.annotate import annotate
     from ..labeling.blocklist import BlocklistLabeler
     from ..tokenizer.tokenizer import build_tokenizer
-    from .evaluate import EvalClassifierConfig, evaluate_classifiers, format_report
-    from .train import TrainClassifierConfig, format_sweep, train_classifier
+    from .data_stage import DOMAINS, prepare_demo_data
 
     os.makedirs(out, exist_ok=True)
     t0 = time.time()
