@@ -1,0 +1,1 @@
+"""Unlearning baselines: RMU (docs/attacks.md)."""
