@@ -14,8 +14,8 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from megatron_tf.config.cli import add_dataclass_args, dataclass_from_args  # noqa: E402
-from megatron_tf.data.jsonl import InputError  # noqa: E402
 from megatron_tf.tokenizer.train import TrainTokenizerConfig, train_tokenizer  # noqa: E402
+from megatron_tf.utils.jsonl import InputError  # noqa: E402
 
 
 def main(argv=None) -> int:

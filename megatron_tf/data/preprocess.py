@@ -3,7 +3,7 @@
 Output for `--output-prefix P` and key `text` (Megatron-LM's naming, no sentence splitting):
 `P_text_document.bin`, `P_text_document.idx` and `P_text_document.meta.json` (see docs/formats.md).
 
-Pipeline. The main process reads the inputs (plain/gzip/xz/zstd, see data/jsonl.py) as blocks of whole lines
+Pipeline. The main process reads the inputs (plain/gzip/xz/zstd, see utils/jsonl.py) as blocks of whole lines
 (`--batch-bytes`, 1 MiB by default) and hands each block to a pool of `--workers` processes. A worker parses the
 lines, tokenizes the texts of a block with one `tokenize_batch` call (native code: SentencePiece / HF tokenizers) and
 returns, per key, one numpy array of tokens in the output dtype and one array of document lengths: two buffers per
@@ -53,6 +53,7 @@ from ..config.cli import opt
 from ..tokenizer.tokenizer import TOKENIZER_TYPES, SentencePieceTokenizer, Tokenizer, build_tokenizer
 from ..tokenizer.word_cache import WordCacheEncoder, check_word_cache
 from ..utils.io import atomic_write, fsync_dir
+from ..utils.jsonl import InputError, InputStream, LineIssue, iter_blocks, parse_line, split_lines
 from ..utils.logging import get_logger
 from .indexed_dataset import (
     DTYPE_CODES,
@@ -62,7 +63,6 @@ from .indexed_dataset import (
     optimal_dtype,
     write_index,
 )
-from .jsonl import InputError, InputStream, LineIssue, iter_blocks, parse_line, split_lines
 
 log = get_logger("megatron_tf.preprocess")
 

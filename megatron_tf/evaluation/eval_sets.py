@@ -26,7 +26,7 @@ import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
-from megatron_tf.data.jsonl import InputError, is_blank, iter_blocks, open_input, split_lines
+from megatron_tf.utils.jsonl import InputError, is_blank, iter_blocks, open_input, split_lines
 
 MMLU_MEDICAL_SUBJECTS = ("anatomy", "clinical_knowledge", "college_medicine", "medical_genetics",
                          "professional_medicine", "virology")

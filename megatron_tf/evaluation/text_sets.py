@@ -26,8 +26,8 @@ import numpy as np
 
 from megatron_tf.data.filters import open_forget_flags
 from megatron_tf.data.indexed_dataset import IndexedDataset, data_file_path, index_file_path
-from megatron_tf.data.jsonl import iter_texts
 from megatron_tf.data.sidecar import KIND_TOKEN_SCORES, sidecar_path
+from megatron_tf.utils.jsonl import iter_texts
 
 DEFAULT_THRESHOLD = 0.5
 _CHUNK_DOCS = 256

@@ -39,9 +39,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from megatron_tf.config.cli import opt
-from megatron_tf.data.jsonl import iter_texts
 from megatron_tf.evaluation.eval_sets import read_records
 from megatron_tf.utils.io import atomic_write
+from megatron_tf.utils.jsonl import iter_texts
 from megatron_tf.utils.logging import get_logger
 
 from .chat import REFUSAL, normalize_question

@@ -33,8 +33,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from ..config.cli import opt
-from ..data.jsonl import iter_texts
 from ..utils.io import atomic_write
+from ..utils.jsonl import iter_texts
 from ..utils.logging import get_logger
 from .tokenizer import (
     EOD_TOKEN,

@@ -6,7 +6,6 @@ import lzma
 
 import pytest
 
-from megatron_tf.data.jsonl import InputError
 from megatron_tf.evaluation.eval_sets import (
     build_mcq_sets,
     load_medmcqa,
@@ -15,6 +14,7 @@ from megatron_tf.evaluation.eval_sets import (
     select,
     split_mmlu,
 )
+from megatron_tf.utils.jsonl import InputError
 
 from .helpers import write_jsonl
 

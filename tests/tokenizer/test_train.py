@@ -77,7 +77,7 @@ def test_round_trip_is_lossless(trained, kind):
     for text in SAMPLES:
         assert tok.detokenize(tok.tokenize(text)) == text, repr(text)
     # and on real held-out text
-    from megatron_tf.data.jsonl import iter_texts
+    from megatron_tf.utils.jsonl import iter_texts
 
     texts = list(iter_texts([os.path.join(REPO, "data", "demo", "heldout", "general.jsonl.xz")]))[:5]
     for text, ids in zip(texts, tok.tokenize_batch(texts)):
@@ -168,7 +168,7 @@ def test_training_sentences_cut_at_lines_then_spaces():
 
 # ---- tokenizers that lack a reserved token ----------------------------------------------------------------------
 def test_sp_model_without_reserved_tokens_is_rejected(tmp_path):
-    from megatron_tf.data.jsonl import iter_texts
+    from megatron_tf.utils.jsonl import iter_texts
 
     texts = list(iter_texts(CORPUS))[:50]
     spm.SentencePieceTrainer.train(sentence_iterator=iter(t[:2000] for t in texts),

@@ -8,8 +8,8 @@ import pytest
 import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2 as pb
 
-from megatron_tf.data.jsonl import iter_texts
 from megatron_tf.tokenizer.word_cache import WordCacheEncoder, check_word_cache
+from megatron_tf.utils.jsonl import iter_texts
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SP_MODEL = os.path.join(REPO, "data", "demo", "tokenizer", "demo_sp.model")
