@@ -89,6 +89,14 @@ class DataSource:
     sequence_scores: np.ndarray | None = None
 
 
+class AllDocumentsFiltered(ValueError):
+    """The document filter dropped every document of a dataset (`stats`: its per-prefix stats)."""
+
+    def __init__(self, message: str, stats: dict):
+        super().__init__(message)
+        self.stats = stats
+
+
 def open_source(prefix: str, tokenizer: Tokenizer, fcfg: FilterConfig, cache_dir: str | None) -> DataSource:
     indexed = IndexedDataset(prefix)
     fp = indexed.fingerprint()
@@ -209,6 +217,11 @@ class _Builder:
             sample_filter=None) -> tuple[GPTDataset, dict]:
         src = self.source(prefix)
         docs, st = self.documents(src, bookends, drop)
+        if len(docs) == 0 and st["documents_filtered"] > 0:
+            raise AllDocumentsFiltered(
+                f"{prefix}: --token-filter document with --document-threshold {self.fcfg.document_threshold} "
+                f"({self.fcfg.document_score_column}) drops all {st['documents']} documents of the {split} split",
+                st)
         if sample_filter is None:
             sample_filter = self.train_filter if split == "train" else self.eval_filter
         ds = GPTDataset(src, docs, num_samples, self.cfg.seq_length, self.cfg.seed, sample_filter,
@@ -223,6 +236,10 @@ class _Builder:
         if len(prefixes) == 1 and weights is None:
             ds, st = self.gpt(prefixes[0], bookends[i], size, split, drop, sample_filter)
             return ds, [st]
+        prefixes, weights, dropped = self.drop_empty_components(prefixes, weights, bookends[i], split, drop)
+        if not prefixes:
+            raise ValueError(f"--token-filter document with --document-threshold {self.fcfg.document_threshold} "
+                             f"drops every document of every dataset of the {split} split")
         if weights is not None:
             weights = normalize(weights)
             if size is None:
@@ -234,7 +251,26 @@ class _Builder:
             parts = [self.gpt(p, bookends[i], None, split, drop, sample_filter) for p in prefixes]
             blend_size = size
         cache = self.cfg.data_cache_path or default_cache_dir(prefixes[0], None)
-        return BlendedDataset([d for d, _ in parts], weights, blend_size, cache), [s for _, s in parts]
+        return BlendedDataset([d for d, _ in parts], weights, blend_size, cache), [s for _, s in parts] + dropped
+
+    def drop_empty_components(self, prefixes: list[str], weights: list[float] | None, bookends, split: str,
+                              drop: bool) -> tuple[list[str], list[float] | None, list[dict]]:
+        """Blend components whose every document the document filter drops leave the blend, with a warning (the
+        remaining weights are renormalised); their stats are kept so the summary counts what was filtered."""
+        keep_p, keep_w, dropped = [], [], []
+        for k, p in enumerate(prefixes):
+            docs, st = self.documents(self.source(p), bookends, drop)
+            if len(docs) == 0 and st["documents_filtered"] > 0:
+                log.warning("%s: --token-filter document (--document-threshold %s on %s) drops all %d documents of "
+                            "the %s split; the blend goes on without it%s", p, self.fcfg.document_threshold,
+                            self.fcfg.document_score_column, st["documents"], split,
+                            f" (its weight {weights[k]:g} is spread over the others)" if weights else "")
+                dropped.append(st)
+                continue
+            keep_p.append(p)
+            if weights is not None:
+                keep_w.append(weights[k])
+        return keep_p, (keep_w if weights is not None else None), dropped
 
     def build(self, sizes: list[int | None]) -> GPTDatasets:
         cfg = self.cfg

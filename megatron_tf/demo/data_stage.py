@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..data.builder import build_gpt_datasets
+from ..data.builder import AllDocumentsFiltered, build_gpt_datasets
 from ..data.config import FilterConfig, GPTDatasetConfig
 from ..data.preprocess import PreprocessConfig, output_prefix_for, preprocess
-from ..labeling.annotate import annotate
+from ..labeling.annotate import annotate, frac_column
 from ..labeling.blocklist import BlocklistLabeler
 from ..tokenizer.tokenizer import build_tokenizer
 from ..utils.logging import get_logger
@@ -84,6 +84,12 @@ def prepare_demo_data(out_dir: str, demo_dir: str = DEMO_DIR, workers: int = 1,
     return data
 
 
+def doc_score_column(forget_threshold: float) -> str:
+    """The demo's document score: the fraction of a document's tokens that are forget at the token threshold
+    (frac_ge_T; for the blocklist's 0/1 scores the same as the mean score, for a classifier's probabilities not)."""
+    return frac_column(forget_threshold)[0]
+
+
 def filter_summary(data: DemoData, seq_length: int = 128, forget_threshold: float = 0.5,
                    document_threshold: float = 0.05, num_samples: int = 256, seed: int = 1234) -> list[dict]:
     """For each filter mode and training domain: tokens seen, targets learned (loss_mask), inputs replaced by
@@ -93,10 +99,16 @@ def filter_summary(data: DemoData, seq_length: int = 128, forget_threshold: floa
     for mode in FILTER_MODES:
         for dom, prefix in data.train.items():
             fcfg = FilterConfig(token_filter=mode, forget_threshold=forget_threshold,
-                                document_threshold=document_threshold, forget_sidecar_name=data.filter_name)
+                                document_threshold=document_threshold, forget_sidecar_name=data.filter_name,
+                                document_score_column=doc_score_column(forget_threshold))
             cfg = GPTDatasetConfig(data_path=[prefix], split="1,0,0", seq_length=seq_length, seed=seed,
                                    data_cache_path=os.path.join(data.out_dir, "cache"))
-            ds = build_gpt_datasets(cfg, fcfg, tok, [num_samples, None, None]).train
+            try:
+                ds = build_gpt_datasets(cfg, fcfg, tok, [num_samples, None, None]).train
+            except AllDocumentsFiltered:  # the document filter removes this whole domain
+                rows.append({"mode": mode, "domain": dom, "samples": 0, "learned_fraction": 0.0,
+                             "hidden_fraction": 0.0, "forget_input_fraction": float("nan"), "all_dropped": True})
+                continue
             n = min(num_samples, len(ds))
             samples = [ds[i] for i in range(n)]
             loss = np.concatenate([s["loss_mask"] for s in samples])
@@ -114,6 +126,9 @@ def filter_summary(data: DemoData, seq_length: int = 128, forget_threshold: floa
 def format_filter_table(rows: list[dict]) -> str:
     lines = [f"{'filter':<9} {'domain':<8} {'targets learned':>16} {'inputs hidden':>14} {'forget inputs':>14}"]
     for r in rows:
+        if r.get("all_dropped"):
+            lines.append(f"{r['mode']:<9} {r['domain']:<8} {'0.0%':>16} {'-':>14} {'-':>14}   (every document dropped)")
+            continue
         lines.append(f"{r['mode']:<9} {r['domain']:<8} {r['learned_fraction']:>16.1%} {r['hidden_fraction']:>14.1%} "
                      f"{r['forget_input_fraction']:>14.1%}")
     return "\n".join(lines)

@@ -31,6 +31,7 @@ from .data_stage import (
     DOMAINS,
     FILTER_MODES,
     DemoData,
+    doc_score_column,
     filter_summary,
     format_filter_table,
     prepare_demo_data,
@@ -79,7 +80,8 @@ def _train_args(size: DemoSize, data: DemoData, arm: str, save: str, seed: int, 
         "--log-interval", "20", "--seed", str(seed),
     ]
     if arm == "document":
-        args += ["--document-threshold", str(document_threshold)]
+        args += ["--document-threshold", str(document_threshold),
+                 "--document-score-column", doc_score_column(forget_threshold)]
     return args
 
 
@@ -307,7 +309,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-tokens", type=int, default=None, help="learned tokens per arm (overrides the preset)")
     p.add_argument("--forget-threshold", type=float, default=0.5)
     p.add_argument("--document-threshold", type=float, default=0.05,
-                   help="--token-filter document drops documents whose mean forget score >= this (default 0.05)")
+                   help="--token-filter document drops documents whose fraction of forget tokens (score >= "
+                        "--forget-threshold) is >= this (default 0.05)")
     p.add_argument("--eval-limit", type=int, default=None, help="documents / questions per eval set (preset)")
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--workers", type=int, default=1, help="preprocessing worker processes")

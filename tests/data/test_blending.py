@@ -177,3 +177,46 @@ def test_separate_split_paths(two_prefixes):
     assert res.valid.source.prefix == b and len(set(np.asarray(res.valid.document_index).tolist())) == 90
     with pytest.raises(ValueError, match="mutually exclusive"):
         GPTDatasetConfig(data_path=[a], train_data_path=[b])
+
+
+def test_document_filter_that_empties_a_component(tmp_path):
+    """A blend component whose every document the document filter drops leaves the blend with a warning (the other
+    weights take its share, its stats still count it); a single dataset emptied that way is a clear error."""
+    import logging
+
+    from megatron_tf.data.builder import AllDocumentsFiltered
+
+    records = []
+    handler = logging.Handler()
+    handler.emit = lambda r: records.append(r.getMessage())
+    logging.getLogger("megatron_tf.data.builder").addHandler(handler)
+
+    rng = np.random.default_rng(9)
+    docs_a, docs_b = random_docs(rng, 40, 40), random_docs(rng, 60, 30)
+    qa = np.full(sum(len(d) for d in docs_a), 255, np.uint8)  # every token of a is forget: document score 1
+    qb = np.zeros(sum(len(d) for d in docs_b), np.uint8)
+    a, _ = make_prefix(tmp_path, "a", docs_a, qa, doc_scores=True)
+    b, _ = make_prefix(tmp_path, "b", docs_b, qb, doc_scores=True)
+    fcfg = FilterConfig(token_filter="document", document_threshold=0.5)
+    cfg = GPTDatasetConfig(data_path=["3", a, "7", b], split="1,0,0", seq_length=16, seed=1,
+                           data_cache_path=str(tmp_path / "cache"))
+    try:
+        res = build_gpt_datasets(cfg, fcfg, tokenizer(), [200, None, None])
+    finally:
+        logging.getLogger("megatron_tf.data.builder").removeHandler(handler)
+    train = res.train
+    assert len(train.datasets) == 1 and train.datasets[0].source.prefix == b
+    assert len(train) == 200 and {int(train[i]["dataset_id"]) for i in range(0, 200, 7)} == {0}
+    err = "\n".join(records)
+    assert f"{a}: --token-filter document" in err and "drops all 40 documents" in err and "weight 3" in err
+    st = res.stats["train"]
+    assert st["documents"] == 100 and st["documents_filtered"] == 40
+    # the same filter on `a` alone, and on a blend where everything goes
+    with pytest.raises(AllDocumentsFiltered, match=r"a: --token-filter document .*drops all 40 documents"):
+        build_gpt_datasets(GPTDatasetConfig(data_path=[a], split="1,0,0", seq_length=16, seed=1,
+                                            data_cache_path=str(tmp_path / "cache")), fcfg, tokenizer(),
+                           [10, None, None])
+    with pytest.raises(ValueError, match="drops every document of every dataset"):
+        build_gpt_datasets(GPTDatasetConfig(data_path=[a, a], split="1,0,0", seq_length=16, seed=1,
+                                            data_cache_path=str(tmp_path / "cache")), fcfg, tokenizer(),
+                           [10, None, None])

@@ -14,7 +14,7 @@ from megatron_tf.classifier.artifact import lm_from_model, save_classifier
 from megatron_tf.classifier.probe import Probe
 from megatron_tf.data.indexed_dataset import IndexedDataset
 from megatron_tf.data.sidecar import TokenScores
-from megatron_tf.demo.data_stage import DEMO_DIR, DOMAINS, filter_summary, prepare_demo_data
+from megatron_tf.demo.data_stage import DEMO_DIR, DOMAINS, filter_summary, format_filter_table, prepare_demo_data
 from megatron_tf.model.config import ModelConfig
 from megatron_tf.model.gpt import build_gpt_stage
 from megatron_tf.tokenizer.tokenizer import build_tokenizer
@@ -67,7 +67,7 @@ def test_training_filters_read_the_classifier_annotation(tmp_path, demo_dir, bia
         q = TokenScores(prefix + ".cls.tokscores", ds).q
         assert np.all(q == (255 if bias > 0 else 0))  # every token scored by the classifier
         assert os.path.exists(prefix + ".forget.tokscores")  # the blocklist labels stay
-    summary = filter_summary(data, seq_length=32, num_samples=16, document_threshold=2.0)  # keeps every document
+    summary = filter_summary(data, seq_length=32, num_samples=16, document_threshold=0.5)
     rows = {(r["mode"], r["domain"]): r for r in summary}
     for dom in DOMAINS:
         assert rows[("none", dom)]["learned_fraction"] == 1.0
@@ -75,3 +75,6 @@ def test_training_filters_read_the_classifier_annotation(tmp_path, demo_dir, bia
         expected = 0.0 if bias > 0 else 1.0
         assert rows[("mask", dom)]["learned_fraction"] == expected
         assert rows[("remove", dom)]["hidden_fraction"] == pytest.approx(1.0 - expected)
+        # document: every token forget -> every document dropped (reported, not an error); none forget -> kept
+        assert rows[("document", dom)].get("all_dropped", False) == (bias > 0)
+    assert ("every document dropped" in format_filter_table(summary)) == (bias > 0)
