@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 
 from ..model.config import ModelConfig
 from ..model.gpt import GPTModel
-from ..utils.io import TMP_MARK, fsync_dir, sha256_file
+from ..utils.io import TMP_MARK, fsync_dir, read_json, sha256_file
 from .probe import Probe
 
 FORMAT = "megatron_tf-token-classifier"
@@ -140,11 +140,7 @@ def read_config(path: str) -> dict:
     cfg_path = os.path.join(path, "config.json")
     if not os.path.isfile(cfg_path):
         raise ArtifactError(f"{path}: not a classifier artifact (no config.json)")
-    with open(cfg_path, encoding="utf-8") as f:
-        try:
-            cfg = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ArtifactError(f"{cfg_path}: not valid JSON: {e}") from e
+    cfg = read_json(cfg_path, ArtifactError)
     if cfg.get("format") != FORMAT:
         raise ArtifactError(f"{cfg_path}: format {cfg.get('format')!r}, expected {FORMAT!r}")
     if cfg.get("version") != VERSION:

@@ -14,7 +14,6 @@ epoch); see `train_valid_test_num_samples` for Megatron's formula.
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..tokenizer.tokenizer import Tokenizer, check_reserved_ids
+from ..utils.io import read_json
 from ..utils.logging import get_logger
 from .blending import BlendedDataset, component_sizes, normalize, parse_blend
 from .config import FilterConfig, GPTDatasetConfig
@@ -54,11 +54,7 @@ def check_dataset_meta(prefix: str, tokenizer: Tokenizer, fingerprint: str | Non
             warnings.warn(f"{path} not found (dataset made by Megatron?): cannot check that it was tokenized with "
                           f"{tokenizer.type_name} (fingerprint {tokenizer.fingerprint[:16]}...)", stacklevel=2)
         return None
-    with open(path, encoding="utf-8") as f:
-        try:
-            meta = json.load(f)
-        except json.JSONDecodeError as e:
-            raise DatasetMetaError(f"{path}: not valid JSON: {e}") from e
+    meta = read_json(path, DatasetMetaError)
     stated = (meta.get("dataset") or {}).get("fingerprint")
     if fingerprint is not None and stated is not None and stated != fingerprint:
         warnings.warn(f"{path} describes dataset {stated[:16]}..., not {prefix} ({fingerprint[:16]}...): ignored",

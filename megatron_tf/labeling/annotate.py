@@ -49,7 +49,7 @@ from ..data.sidecar import (
     token_scores_header,
 )
 from ..tokenizer.tokenizer import TOKENIZER_TYPES, build_tokenizer
-from ..utils.io import TMP_MARK, atomic_write, remove_stale_tmp
+from ..utils.io import TMP_MARK, atomic_write, read_json, remove_stale_tmp
 from ..utils.logging import get_logger
 from .labeler import TokenLabeler, check_scores
 
@@ -189,11 +189,7 @@ def check_tokenizer(ds: IndexedDataset, tokenizer, fingerprint: str | None = Non
     max_id = None
     meta = None
     if os.path.isfile(meta_path):
-        with open(meta_path, encoding="utf-8") as f:
-            try:
-                meta = json.load(f)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{meta_path}: not valid JSON: {e}") from e
+        meta = read_json(meta_path, ValueError)
         stated = (meta.get("dataset") or {}).get("fingerprint")
         actual = fingerprint or ds.fingerprint()
         if stated is not None and stated != actual:

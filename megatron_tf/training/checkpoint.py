@@ -39,6 +39,7 @@ from safetensors.torch import load_file, save_file
 
 from megatron_tf.config.cli import opt
 from megatron_tf.utils.io import atomic_write, fsync_dir
+from megatron_tf.utils.io import read_json as load_json
 from megatron_tf.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -262,11 +263,7 @@ def resolve_checkpoint_dir(path: str, ckpt_step: int | None = None) -> str | Non
 def read_json(path: str) -> dict:
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint file missing: {path}")
-    with open(path, encoding="utf-8") as f:
-        try:
-            d = json.load(f)
-        except json.JSONDecodeError as e:
-            raise CheckpointError(f"{path}: not valid JSON: {e}") from e
+    d = load_json(path, CheckpointError)
     if d.get("format") not in (None, FORMAT):
         raise CheckpointError(f"{path}: format {d.get('format')!r}, expected {FORMAT!r}")
     return d

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -90,3 +91,12 @@ def remove_stale_tmp(path: str) -> int:
                     os.remove(os.path.join(d, name))
                     n += 1
     return n
+
+
+def read_json(path: str, error: type[Exception] = ValueError):
+    """json.load of a UTF-8 file; a syntax error becomes `error("PATH: not valid JSON: ...")`."""
+    with open(path, encoding="utf-8") as f:
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as e:
+            raise error(f"{path}: not valid JSON: {e}") from e

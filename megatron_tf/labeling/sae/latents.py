@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ...utils.io import read_json
+
 FORMAT = "megatron_tf.sae_latents/1"
 
 
@@ -119,11 +121,7 @@ def parse_latents(obj, where: str = "latent list") -> LatentList:
 def read_latents(path: str) -> LatentList:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"latent list not found: {path}")
-    with open(path, encoding="utf-8") as f:
-        try:
-            obj = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON: {e}") from e
+    obj = read_json(path, ValueError)
     ll = parse_latents(obj, path)
     ll.path = path
     return ll

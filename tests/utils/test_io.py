@@ -1,0 +1,39 @@
+"""utils/io.py: JSON reading with errors that name the file, atomic writes."""
+
+import json
+import os
+
+import pytest
+
+from megatron_tf.data.builder import DatasetMetaError
+from megatron_tf.training.checkpoint import CheckpointError
+from megatron_tf.training.checkpoint import read_json as read_checkpoint_json
+from megatron_tf.utils.io import atomic_write, read_json
+
+
+def test_read_json_names_the_file_and_raises_the_callers_error(tmp_path):
+    good, bad = tmp_path / "good.json", tmp_path / "bad.json"
+    good.write_text(json.dumps({"a": [1, "é"]}), encoding="utf-8")
+    bad.write_text('{"a": 1,', encoding="utf-8")
+    assert read_json(str(good)) == {"a": [1, "é"]}
+    with pytest.raises(ValueError, match=r"bad\.json: not valid JSON: Expecting"):
+        read_json(str(bad))
+    with pytest.raises(DatasetMetaError, match=r"bad\.json: not valid JSON"):
+        read_json(str(bad), DatasetMetaError)
+    # the checkpoint reader keeps its own error type and its missing-file message
+    with pytest.raises(CheckpointError, match=r"bad\.json: not valid JSON"):
+        read_checkpoint_json(str(bad))
+    with pytest.raises(CheckpointError, match="checkpoint file missing"):
+        read_checkpoint_json(str(tmp_path / "absent.json"))
+
+
+def test_atomic_write_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "out.json"
+    with pytest.raises(RuntimeError):
+        with atomic_write(str(target), "w") as f:
+            f.write("partial")
+            raise RuntimeError("killed")
+    assert not target.exists() and os.listdir(tmp_path) == []
+    with atomic_write(str(target), "w") as f:
+        f.write("{}")
+    assert target.read_text() == "{}" and os.listdir(tmp_path) == ["out.json"]
