@@ -17,7 +17,6 @@ import dataclasses
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 
 import torch
@@ -25,7 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from ..model.config import ModelConfig
 from ..model.gpt import GPTModel
-from ..utils.io import TMP_MARK, fsync_dir, read_json, sha256_file
+from ..utils.io import atomic_directory, read_json, sha256_file
 from .probe import Probe
 
 FORMAT = "megatron_tf-token-classifier"
@@ -88,10 +87,7 @@ def save_classifier(out_dir: str, *, forward_lm: LMSpec, reversed_lm: LMSpec | N
     feature_dim = forward_lm.config.hidden_size * (2 if reversed_lm is not None else 1)
     if probe.dim != feature_dim:
         raise ArtifactError(f"probe expects {probe.dim} features, the LMs give {feature_dim}")
-    parent = os.path.dirname(out_dir)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=os.path.basename(out_dir) + TMP_MARK, dir=parent)
-    try:
+    with atomic_directory(out_dir) as tmp:
         files = {}
 
         def put_lm(name: str, spec: LMSpec) -> dict:
@@ -123,16 +119,6 @@ def save_classifier(out_dir: str, *, forward_lm: LMSpec, reversed_lm: LMSpec | N
         cfg["files"] = files
         with open(os.path.join(tmp, "config.json"), "w", encoding="utf-8") as f:
             json.dump(cfg, f, indent=1, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        fsync_dir(tmp)
-        if os.path.exists(out_dir):
-            shutil.rmtree(out_dir)
-        os.rename(tmp, out_dir)
-        fsync_dir(parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 

@@ -29,14 +29,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 
 import torch
 
 from megatron_tf.parallel.layers import merge_shards
-from megatron_tf.utils.io import fsync_dir
+from megatron_tf.utils.io import atomic_directory
 
 from .config import ModelConfig
 
@@ -199,33 +197,13 @@ def export_llama(state_dict: Mapping[str, torch.Tensor], config: ModelConfig, ou
     out_dir = os.path.abspath(out_dir)
     if os.path.exists(out_dir) and not overwrite:
         raise FileExistsError(f"export_llama: {out_dir} exists (pass overwrite=True / --overwrite)")
-    parent = os.path.dirname(out_dir)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=os.path.basename(out_dir) + ".tmp-", dir=parent)
-    try:
+    with atomic_directory(out_dir) as tmp:
         tensors = {k: v.detach().to("cpu", dtype).contiguous().clone() for k, v in hf.items()}
         save_file(tensors, os.path.join(tmp, HF_WEIGHTS_NAME), metadata={"format": "pt"})
         for name, obj in (("config.json", hf_config), ("megatron_tf_config.json", config.to_dict())):
             with open(os.path.join(tmp, name), "w", encoding="utf-8") as fh:
                 json.dump(obj, fh, indent=2, sort_keys=True)
                 fh.write("\n")
-                fh.flush()
-                os.fsync(fh.fileno())
-        for name in os.listdir(tmp):
-            with open(os.path.join(tmp, name), "rb") as fh:
-                os.fsync(fh.fileno())
-        os.chmod(tmp, 0o755)
-        if os.path.exists(out_dir):  # overwrite: move the old export aside, then swap
-            old = tempfile.mkdtemp(prefix=os.path.basename(out_dir) + ".old-", dir=parent)
-            os.replace(out_dir, os.path.join(old, "x"))
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
-        fsync_dir(parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 

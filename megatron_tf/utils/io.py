@@ -64,6 +64,37 @@ def atomic_write(path: str, mode: str = "wb") -> Iterator:
         raise
 
 
+@contextlib.contextmanager
+def atomic_directory(out_dir: str) -> Iterator[str]:
+    """Yield a fresh temporary directory beside `out_dir`; on success every file in it is fsynced and it replaces
+    `out_dir` (an existing one is moved aside first and removed after the swap, so `out_dir` is never half
+    written); on error it is removed. Whether an existing `out_dir` may be replaced is the caller's check."""
+    out_dir = os.path.abspath(out_dir)
+    parent = os.path.dirname(out_dir)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=os.path.basename(out_dir) + TMP_MARK, dir=parent)
+    try:
+        yield tmp
+        for name in os.listdir(tmp):
+            path = os.path.join(tmp, name)
+            if os.path.isfile(path):
+                with open(path, "rb") as fh:
+                    os.fsync(fh.fileno())
+        fsync_dir(tmp)
+        os.chmod(tmp, 0o755)  # mkdtemp makes 0700
+        if os.path.exists(out_dir):
+            old = tempfile.mkdtemp(prefix=os.path.basename(out_dir) + ".old-", dir=parent)
+            os.replace(out_dir, os.path.join(old, "x"))
+            os.replace(tmp, out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out_dir)
+        fsync_dir(parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def atomic_copy(src: str, dst: str) -> None:
     with open(src, "rb") as fin, atomic_write(dst) as fout:
         shutil.copyfileobj(fin, fout, 1 << 22)

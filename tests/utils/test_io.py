@@ -37,3 +37,23 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
     with atomic_write(str(target), "w") as f:
         f.write("{}")
     assert target.read_text() == "{}" and os.listdir(tmp_path) == ["out.json"]
+
+
+def test_atomic_directory_swaps_whole_directories(tmp_path):
+    from megatron_tf.utils.io import atomic_directory
+
+    out = tmp_path / "art"
+    with atomic_directory(str(out)) as d:
+        assert os.path.dirname(d) == str(tmp_path)  # beside the target: same filesystem, rename is atomic
+        open(os.path.join(d, "a.txt"), "w").write("one")
+        assert not out.exists()  # nothing visible until the block completes
+    assert (out / "a.txt").read_text() == "one" and oct(out.stat().st_mode & 0o777) == "0o755"
+    with pytest.raises(RuntimeError):
+        with atomic_directory(str(out)) as d:
+            open(os.path.join(d, "b.txt"), "w").write("two")
+            raise RuntimeError("killed")
+    assert sorted(os.listdir(out)) == ["a.txt"]  # the old directory is intact, the temporary one is gone
+    with atomic_directory(str(out)) as d:
+        open(os.path.join(d, "b.txt"), "w").write("two")
+    assert sorted(os.listdir(out)) == ["b.txt"]  # replaced as a whole
+    assert os.listdir(tmp_path) == ["art"]  # no temporary or moved-aside directory left
