@@ -6,10 +6,10 @@ Output for `--output-prefix P` and key `text` (Megatron-LM's naming, no sentence
 Pipeline. The main process reads the inputs (plain/gzip/xz/zstd, see utils/jsonl.py) as blocks of whole lines
 (`--batch-bytes`, 1 MiB by default) and hands each block to a pool of `--workers` processes. A worker parses the
 lines, tokenizes the texts of a block with one `tokenize_batch` call (native code: SentencePiece / HF tokenizers) and
-returns, per key, one numpy array of tokens in the output dtype and one array of document lengths: two buffers per
-block cross the process boundary, not a Python list per document. Results are consumed in submission order, so the
-output is the same for any number of workers and any block size. For SentencePiece BPE models whose pieces never
-span a space (ours: tokenizer/train.py) the words of a block are encoded once each through an exact word cache
+returns, per key, one numpy array of tokens in the output dtype and one array of document lengths (workers:
+data/preprocess_workers.py): two buffers per block cross the process boundary, not a Python list per document.
+Results are consumed in submission order, so the output is the same for any number of workers and any block size.
+For SentencePiece BPE models whose pieces never span a space (ours: tokenizer/train.py) the words of a block are encoded once each through an exact word cache
 (tokenizer/word_cache.py); with the demo tokenizer this makes the tool 2.8-4x faster than Megatron-LM's
 preprocess_data.py with the same number of workers, with byte-identical output (benchmarks/bench_preprocess.py).
 
@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import itertools
 import json
 import logging
 import multiprocessing as mp
@@ -43,17 +42,16 @@ import os
 import re
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from .. import __version__
 from ..config.cli import opt
-from ..tokenizer.tokenizer import TOKENIZER_TYPES, SentencePieceTokenizer, Tokenizer, build_tokenizer
-from ..tokenizer.word_cache import WordCacheEncoder, check_word_cache
+from ..tokenizer.tokenizer import TOKENIZER_TYPES, Tokenizer
 from ..utils.io import atomic_write, fsync_dir
-from ..utils.jsonl import InputError, InputStream, LineIssue, iter_blocks, parse_line, split_lines
+from ..utils.jsonl import InputError, InputStream, iter_blocks
 from ..utils.logging import get_logger
 from .indexed_dataset import (
     DTYPE_CODES,
@@ -63,6 +61,15 @@ from .indexed_dataset import (
     optimal_dtype,
     write_index,
 )
+from .preprocess_workers import (
+    BlockResult,
+    PreprocessError,
+    build_spec_tokenizer,
+    make_encoder,
+    word_cache_status,
+    worker_encode,
+    worker_init,
+)
 
 log = get_logger("megatron_tf.preprocess")
 
@@ -71,10 +78,6 @@ META_VERSION = 1
 STATE_VERSION = 1
 _DTYPE_NAMES = {np.dtype(v).name: v for v in DTYPE_CODES.values()}
 ISSUE_KINDS = ("bad_json", "not_object", "missing_key", "not_string")
-
-
-class PreprocessError(InputError):
-    pass
 
 
 @dataclass
@@ -160,142 +163,6 @@ def resolve_dtype(name: str, vocab_size: int) -> np.dtype:
     if np.issubdtype(dt, np.integer) and vocab_size - 1 > np.iinfo(dt).max:
         raise PreprocessError(f"--dtype {dt.name} cannot hold token ids up to {vocab_size - 1} (vocab {vocab_size})")
     return dt
-
-
-# ---- workers ---------------------------------------------------------------------------------------------------
-@dataclass
-class BlockResult:
-    tokens: list[np.ndarray]  # per key: all tokens of the block's written documents, in the output dtype
-    lengths: list[np.ndarray]  # per key: int32 tokens per written document (0 = kept empty document)
-    empty: list[int]  # per key: documents with no tokens (skipped or kept)
-    lines: int
-    blank: int
-    issue_counts: dict[str, int]
-    issues: list[tuple[int, str, str]]  # (line, kind, detail), the first few
-    fatal: tuple[int, str, str] | None = None  # the first line that stops the run (fail policies)
-
-
-class BlockEncoder:
-    """Parses and tokenizes one block of JSONL lines. Lives in each worker (or in the main process for 1 worker)."""
-
-    def __init__(self, tokenizer: Tokenizer, keys: Sequence[str], append_eod: bool, on_empty: str,
-                 on_bad_line: str, dtype: np.dtype, max_issues: int, word_cache: bool = False, threads: int = 1):
-        self.tok = tokenizer
-        self.keys = tuple(keys)
-        self.append_eod = append_eod
-        self.on_empty = on_empty
-        self.fail_fast = on_bad_line == "fail"
-        self.dtype = np.dtype(dtype)
-        self.max_issues = max_issues
-        self._cache = WordCacheEncoder(_sp_model_bytes(tokenizer), threads) if word_cache else None
-
-    def encode_texts(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """(all tokens in the output dtype, tokens per text as int64)."""
-        if self._cache is not None:
-            return self._cache.encode_batch(texts, self.dtype)
-        ids = self.tok.tokenize_batch(texts) if texts else []
-        lens = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
-        try:
-            tokens = np.fromiter(itertools.chain.from_iterable(ids), dtype=self.dtype, count=int(lens.sum()))
-        except OverflowError as e:
-            raise PreprocessError(f"token id does not fit --dtype {self.dtype.name}: {e}") from e
-        return tokens, lens
-
-    def encode(self, data: bytes, first_line: int) -> BlockResult:
-        keys = self.keys
-        texts: list[list[str]] = [[] for _ in keys]
-        line_nos: list[int] = []
-        issues: list[tuple[int, str, str]] = []
-        counts: dict[str, int] = {}
-        blank = 0
-        lines = split_lines(data)
-        for i, line in enumerate(lines):
-            if not line or line.isspace():
-                blank += 1
-                continue
-            got = parse_line(line, keys)
-            if isinstance(got, LineIssue):
-                counts[got.kind] = counts.get(got.kind, 0) + 1
-                if len(issues) < self.max_issues:
-                    issues.append((first_line + i, got.kind, got.detail))
-                if self.fail_fast:
-                    break
-                continue
-            for k, v in enumerate(got):
-                texts[k].append(v)
-            line_nos.append(first_line + i)
-        fatal = issues[0] if (self.fail_fast and issues) else None
-        tokens, lengths, empties = [], [], []
-        eod = self.tok.eod if self.append_eod else 0
-        for k, key in enumerate(keys):
-            arr, lens = self.encode_texts(texts[k])
-            empty = lens == 0
-            n_empty = int(empty.sum())
-            if n_empty and self.on_empty == "fail":
-                j = int(np.flatnonzero(empty)[0])
-                if fatal is None or line_nos[j] < fatal[0]:
-                    fatal = (line_nos[j], "empty", f"key {key!r} has no tokens (text {texts[k][j]!r:.60})")
-            if self.append_eod and n_empty < len(lens):
-                # one <|endoftext|> after each non-empty document (Megatron: none after an empty one)
-                arr = np.insert(arr, np.cumsum(lens)[~empty], np.array(eod, dtype=self.dtype))
-                lens = lens + ~empty
-            if self.on_empty == "skip" and n_empty:
-                lens = lens[~empty]
-            tokens.append(arr)
-            lengths.append(lens.astype(np.int32))
-            empties.append(n_empty)
-        return BlockResult(tokens, lengths, empties, len(lines), blank, counts, issues, fatal)
-
-
-_WORKER: BlockEncoder | BaseException | None = None
-
-
-def _make_encoder(spec: dict) -> BlockEncoder:
-    tok = _build_tokenizer(spec)
-    if tok.fingerprint != spec["fingerprint"]:
-        raise PreprocessError(f"tokenizer {spec['tokenizer_model']} changed while preprocessing (fingerprint "
-                              f"{tok.fingerprint}, expected {spec['fingerprint']})")
-    return BlockEncoder(tok, spec["keys"], spec["append_eod"], spec["on_empty"], spec["on_bad_line"],
-                        np.dtype(spec["dtype"]), spec["max_issues"], spec["word_cache"], spec["tokenizer_threads"])
-
-
-def _worker_init(spec: dict) -> None:
-    # An initializer that raises makes multiprocessing.Pool restart the worker forever: keep the error and raise it
-    # from the first task instead.
-    global _WORKER
-    # HF tokenizers: one process per core unless --tokenizer-threads asks for more (read when first used)
-    if spec["tokenizer_threads"] == 1:
-        os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    os.environ["RAYON_NUM_THREADS"] = str(spec["tokenizer_threads"])
-    try:
-        _WORKER = _make_encoder(spec)
-    except BaseException as e:  # noqa: BLE001
-        _WORKER = e
-
-
-def _worker_encode(args: tuple[bytes, int]) -> BlockResult:
-    if isinstance(_WORKER, BaseException):
-        raise _WORKER
-    assert _WORKER is not None
-    return _WORKER.encode(*args)
-
-
-def _sp_model_bytes(tok: Tokenizer) -> bytes:
-    with open(tok.path, "rb") as f:
-        return f.read()
-
-
-def word_cache_status(tok: Tokenizer) -> str | None:
-    """None if the word cache applies to `tok` exactly (tokenizer/word_cache.py), else why not."""
-    if not isinstance(tok, SentencePieceTokenizer):
-        return f"{tok.type_name} is not SentencePiece"
-    return check_word_cache(_sp_model_bytes(tok))
-
-
-def _build_tokenizer(spec: dict) -> Tokenizer:
-    kwargs = {"num_threads": spec["tokenizer_threads"]} if spec["tokenizer_type"] in (
-        "SentencePieceTokenizer", "GPTSentencePieceTokenizer", "Llama2Tokenizer") else {}
-    return build_tokenizer(spec["tokenizer_type"], spec["tokenizer_model"], spec["vocab_size"], **kwargs)
 
 
 # ---- input position / tasks ------------------------------------------------------------------------------------
@@ -594,10 +461,10 @@ class _Run:
         pool = None
         if cfg.workers > 1:  # before the progress bar starts its monitor thread: fork a single-threaded process
             ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-            pool = ctx.Pool(cfg.workers, initializer=_worker_init, initargs=(spec,))
+            pool = ctx.Pool(cfg.workers, initializer=worker_init, initargs=(spec,))
             encode = None
         else:
-            encode = _make_encoder(spec).encode
+            encode = make_encoder(spec).encode
         progress = _Progress(before[-1], before[start["file"]], cfg.log_interval, self.stats)
         last_ckpt = time.monotonic()
         try:
@@ -616,7 +483,7 @@ class _Run:
 
             for task in _tasks(cfg, start):
                 args = (task.data, task.first_line)
-                fut = pool.apply_async(_worker_encode, (args,)) if pool is not None else encode(*args)
+                fut = pool.apply_async(worker_encode, (args,)) if pool is not None else encode(*args)
                 task.data = b""  # the bytes now live in the worker's queue; do not keep them twice
                 pending.append((task, fut))
                 drain(max_pending)
@@ -738,7 +605,7 @@ def preprocess(cfg: PreprocessConfig) -> dict[str, dict]:
     cfg.validate()
     spec = {"tokenizer_type": cfg.tokenizer_type, "tokenizer_model": cfg.tokenizer_model,
             "vocab_size": cfg.vocab_size, "tokenizer_threads": cfg.tokenizer_threads}
-    tok = _build_tokenizer(spec)
+    tok = build_spec_tokenizer(spec)
     dtype = resolve_dtype(cfg.dtype, tok.vocab_size)
     if cfg.partitions != 1:
         log.info("--partitions is ignored: workers share one ordered pipeline (no partition files)")
