@@ -10,8 +10,9 @@ returns, per key, one numpy array of tokens in the output dtype and one array of
 data/preprocess_workers.py): two buffers per block cross the process boundary, not a Python list per document.
 Results are consumed in submission order, so the output is the same for any number of workers and any block size.
 For SentencePiece BPE models whose pieces never span a space (ours: tokenizer/train.py) the words of a block are
-encoded once each through an exact word cache (tokenizer/word_cache.py); with the demo tokenizer this makes the tool 2.8-4x faster than Megatron-LM's
-preprocess_data.py with the same number of workers, with byte-identical output (benchmarks/bench_preprocess.py).
+encoded once each through an exact word cache (tokenizer/word_cache.py); with the demo tokenizer this makes the
+tool 2.8-4x faster than Megatron-LM's preprocess_data.py with the same number of workers, with byte-identical output
+(benchmarks/bench_preprocess.py).
 
 Atomic and resumable. Tokens and per-document lengths are appended to files in a work directory beside the output
 (`P.tmp-preprocess/`). Every `--checkpoint-interval` seconds those files are fsynced and a `state.json` is
