@@ -32,6 +32,7 @@ from megatron_tf.data.loader import build_pretraining_data_loader
 from megatron_tf.model import build_gpt_stage, model_flops_per_token, num_parameters
 from megatron_tf.model.gpt import allreduce_embedding_grads
 from megatron_tf.parallel.cross_entropy import vocab_parallel_cross_entropy
+from megatron_tf.parallel.data_parallel import allreduce_mean_grads
 from megatron_tf.parallel.groups import build_parallel_groups
 from megatron_tf.parallel.layers import allreduce_sequence_parallel_grads
 from megatron_tf.tokenizer.tokenizer import build_tokenizer
@@ -346,7 +347,7 @@ class Trainer:
         if self.tied_pp:
             allreduce_embedding_grads(self.module, g.embedding_group)
         if self.explicit_dp:
-            _allreduce_mean_grads(list(self.module.parameters()), g.dp_group, g.dp_size)
+            allreduce_mean_grads(list(self.module.parameters()), g.dp_group, g.dp_size)
 
         params = list(self.module.parameters())
         if self.engine is None:
@@ -585,27 +586,3 @@ class Trainer:
             self.metrics.write(rec)
             if self.bar is not None:
                 self.bar.set_postfix(loss=f"{rec['loss']:.4f}", refresh=False)
-
-
-def _allreduce_mean_grads(params, dp_group, dp_size: int, bucket_elems: int = 1 << 26) -> None:
-    """Average gradients over the data-parallel group in flat buckets (pipeline runs; see the module docstring)."""
-    grads = [p.grad for p in params if p.grad is not None]
-    by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
-    for gr in grads:
-        by_dtype.setdefault(gr.dtype, []).append(gr)
-    for group in by_dtype.values():
-        bucket: list[torch.Tensor] = []
-        size = 0
-        for gr in [*group, None]:
-            if gr is not None:
-                bucket.append(gr)
-                size += gr.numel()
-            if bucket and (gr is None or size >= bucket_elems):
-                flat = torch.cat([x.reshape(-1) for x in bucket])
-                dist.all_reduce(flat, group=dp_group)
-                flat.div_(dp_size)
-                off = 0
-                for x in bucket:
-                    x.copy_(flat[off:off + x.numel()].view_as(x))
-                    off += x.numel()
-                bucket, size = [], 0
