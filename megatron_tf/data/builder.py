@@ -232,7 +232,9 @@ class _Builder:
         if len(prefixes) == 1 and weights is None:
             ds, st = self.gpt(prefixes[0], bookends[i], size, split, drop, sample_filter)
             return ds, [st]
-        prefixes, weights, dropped = self.drop_empty_components(prefixes, weights, bookends[i], split, drop)
+        dropped: list[dict] = []
+        if drop and self.fcfg.token_filter == "document":  # only the document filter can empty a component
+            prefixes, weights, dropped = self.drop_empty_components(prefixes, weights, bookends[i], split)
         if not prefixes:
             raise ValueError(f"--token-filter document with --document-threshold {self.fcfg.document_threshold} "
                              f"drops every document of every dataset of the {split} split")
@@ -249,13 +251,13 @@ class _Builder:
         cache = self.cfg.data_cache_path or default_cache_dir(prefixes[0], None)
         return BlendedDataset([d for d, _ in parts], weights, blend_size, cache), [s for _, s in parts] + dropped
 
-    def drop_empty_components(self, prefixes: list[str], weights: list[float] | None, bookends, split: str,
-                              drop: bool) -> tuple[list[str], list[float] | None, list[dict]]:
+    def drop_empty_components(self, prefixes: list[str], weights: list[float] | None, bookends, split: str
+                              ) -> tuple[list[str], list[float] | None, list[dict]]:
         """Blend components whose every document the document filter drops leave the blend, with a warning (the
         remaining weights are renormalised); their stats are kept so the summary counts what was filtered."""
         keep_p, keep_w, dropped = [], [], []
         for k, p in enumerate(prefixes):
-            docs, st = self.documents(self.source(p), bookends, drop)
+            docs, st = self.documents(self.source(p), bookends, True)
             if len(docs) == 0 and st["documents_filtered"] > 0:
                 log.warning("%s: --token-filter document (--document-threshold %s on %s) drops all %d documents of "
                             "the %s split; the blend goes on without it%s", p, self.fcfg.document_threshold,

@@ -251,11 +251,11 @@ def load_reference_lm(path: str, layer: int, *, device: str = "cpu", dtype: str 
                       context_size: int = 1024, attn_implementation: str | None = None, bos: str = "auto"):
     """Open a reference LM: a Hugging Face directory (`HFReferenceLM`) or a megatron_tf checkpoint
     (`megatron_tf_reference_lm`)."""
-    if os.path.isfile(os.path.join(path, "config.json")) and not is_megatron_tf_checkpoint(path):
+    if is_megatron_tf_checkpoint(path):  # first: an iter_* directory has a config.json too
+        return megatron_tf_reference_lm(path, layer, device=device, dtype=dtype, context_size=context_size, bos=bos)
+    if os.path.isfile(os.path.join(path, "config.json")):
         return HFReferenceLM(path, layer, device=device, dtype=dtype, context_size=context_size,
                              attn_implementation=attn_implementation, bos=bos)
-    if is_megatron_tf_checkpoint(path):
-        return megatron_tf_reference_lm(path, layer, device=device, dtype=dtype, context_size=context_size, bos=bos)
     raise FileNotFoundError(f"reference LM {path}: expected a Hugging Face causal LM directory (config.json, "
                             "weights, tokenizer.json) or a megatron_tf checkpoint (a --save directory with `latest`, "
                             "or an iter_* directory)")
