@@ -66,12 +66,15 @@ setup(
         "tqdm>=4.60",
         "zstandard>=0.21",
         "matplotlib>=3.7",
+        "xxhash>=3",  # payload checksums of sidecars and checkpoints (utils/checksum.py)
     ],
     extras_require={
         # megatron-core: the byte-format and GPTDataset equality tests run against it; deepspeed: the ZeRO test.
-        "test": ["pytest>=7", "pytest-xdist>=3", "ruff>=0.5", "transformers>=4.40", "megatron-core>=0.9",
-                 "deepspeed>=0.14"],
-        "hf": ["transformers>=4.40"],
+        # sae-lens: the SAE labeler's integration tests (offline); lm-eval: the export is evaluated by
+        # lm-evaluation-harness on a local task; pytest-timeout: no test can hang CI.
+        "test": ["pytest>=7", "pytest-xdist>=3", "pytest-timeout>=2.2", "ruff>=0.5", "transformers>=4.40",
+                 "megatron-core>=0.9", "deepspeed>=0.14", "sae-lens>=6", "scipy>=1.10", "lm-eval>=0.4"],
+        "hf": ["transformers>=4.40", "lm-eval>=0.4"],
         "megatron": ["megatron-core>=0.9"],  # side-by-side format checks and benchmarks
         "deepspeed": ["deepspeed>=0.14"],
         "sae": ["sae-lens>=6", "transformers>=4.40"],
