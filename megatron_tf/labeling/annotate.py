@@ -68,6 +68,9 @@ class AnnotateConfig:
     terms: str | None = field(default=None, metadata=opt("Blocklist terms file (one term per line).",
                                                           metavar="FILE"))
     plurals: bool = field(default=True, metadata=opt("Blocklist: terms also match with 's'/'es' appended."))
+    terms_split: str | None = field(default=None, metadata=opt(
+        "Blocklist: label with part K of N of the terms (held-out terms; blocklist.split_terms).", metavar="K/N"))
+    split_seed: int = field(default=0, metadata=opt("Blocklist: seed of the --terms-split assignment."))
     tokenizer_type: str | None = field(default=None, metadata=opt("Tokenizer the dataset was made with.",
                                                                   choices=TOKENIZER_TYPES))
     tokenizer_model: str | None = field(default=None, metadata=opt("Tokenizer model file."))
@@ -89,6 +92,12 @@ class AnnotateConfig:
         if self.chunk_docs < 1:
             raise ValueError(f"--chunk-docs must be >= 1, got {self.chunk_docs}")
         quantize_threshold(self.doc_frac_threshold)
+        if self.terms_split is not None:
+            from .blocklist import parse_terms_split
+
+            if self.labeler != "blocklist":
+                raise ValueError(f"--terms-split needs --labeler blocklist, got --labeler {self.labeler}")
+            parse_terms_split(self.terms_split)
         if self.write_mask_threshold is not None:
             quantize_threshold(self.write_mask_threshold)
 
@@ -448,7 +457,8 @@ def build_labeler(cfg: AnnotateConfig, tokenizer, sae_options=None, classifier_o
             raise ValueError("--labeler blocklist needs --terms FILE")
         from .blocklist import BlocklistLabeler
 
-        return BlocklistLabeler.from_file(cfg.terms, tokenizer, plurals=cfg.plurals)
+        return BlocklistLabeler.from_file(cfg.terms, tokenizer, plurals=cfg.plurals, terms_split=cfg.terms_split,
+                                          split_seed=cfg.split_seed)
     raise ValueError(f"unknown --labeler {cfg.labeler!r}; expected one of {LABELERS}")
 
 

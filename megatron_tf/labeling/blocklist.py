@@ -23,6 +23,17 @@ Text comes from the tokens themselves (`TokenBytes`): token i covers exactly byt
 and a token is marked when its byte span overlaps a match by at least one byte; a match covering part of a token marks
 the whole token. Tokens that stand for no text (end of document, other control symbols) are never marked.
 
+Held-out terms (`--terms-split K/N --split-seed S`, `split_terms`): the labeler uses only part K of N of the terms, so
+one half can filter the training data and the other half label the evaluation's tokens (docs/evaluation.md,
+"Held-out terms"). Terms are normalised (lower case, whitespace runs -> one space, duplicates once) and grouped so
+that terms that can match the same words go to the same part: a term and its plural ("tumor", "tumors"), a "*" stem
+and the terms it matches ("chemotherap*", "chemotherapy"), and a multi-word term and the terms that are a run of its
+words ("blood pressure", "pressure"). Each group is keyed by sha256("<S>\\x1f<smallest member>"); the groups sorted
+by key are cut into N contiguous runs of equal size (+-1 group), part K is run K (1-based). So the N parts partition
+the terms, the assignment depends only on the normalised term set and S (not on the file's order), and parts of
+different S are independent permutations. Terms of different groups can still mark one token when their matches
+overlap in the text ("blood pressure" and "pressure ulcer" in "blood pressure ulcer").
+
 Efficiency: all terms go into one compiled regex shaped as a trie (shared prefixes merged, longer continuations tried
 first), so the engine does one pass over the text with at most one branch per character level, instead of one
 alternative per term at each position; documents of a chunk are joined with a NUL separator (no term contains NUL, so
@@ -141,13 +152,83 @@ def mark_spans(offsets: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.
     return marks
 
 
+def normalise_term(term: str) -> str:
+    """The form terms are compared in: lower case, whitespace runs as one space, stripped."""
+    return " ".join(term.lower().split())
+
+
+def parse_terms_split(split: str, flag: str = "--terms-split") -> tuple[int, int]:
+    """'K/N' -> (K, N) with 1 <= K <= N; a clear error naming the flag otherwise."""
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(split))
+    if not m or not 1 <= int(m.group(1)) <= int(m.group(2)):
+        raise ValueError(f"{flag} must be K/N with integers 1 <= K <= N (e.g. 1/2), got {split!r}")
+    return int(m.group(1)), int(m.group(2))
+
+
+def _term_groups(unique: list[str]) -> list[list[str]]:
+    """Groups of terms that can match the same words (module docstring), by union-find."""
+    parent = {t: t for t in unique}
+
+    def find(t: str) -> str:
+        while parent[t] != t:
+            parent[t] = parent[parent[t]]
+            t = parent[t]
+        return t
+
+    def union(a: str, b: str) -> None:
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+
+    present = set(unique)
+    stems = [t[:-1] for t in unique if t.endswith("*")]
+    for t in unique:
+        words = t.rstrip("*").split()
+        for suffix in ("s", "es"):  # plural of another term
+            if t.endswith(suffix) and t[: -len(suffix)] in present:
+                union(t, t[: -len(suffix)])
+        for stem in stems:  # matched by a "*" stem
+            rest = t.rstrip("*")[len(stem):].split(" ")[0]
+            if t != stem + "*" and t.startswith(stem) and re.fullmatch(r"\w*", rest):
+                union(t, stem + "*")
+        for i in range(len(words)):  # a run of its words is another term (or that term's plural)
+            for j in range(i + 1, len(words) + 1):
+                run = " ".join(words[i:j])
+                if (i, j) == (0, len(words)):
+                    continue
+                for cand in (run, run + "*", run[:-1] if run.endswith("s") else None,
+                             run[:-2] if run.endswith("es") else None):
+                    if cand in present:
+                        union(t, cand)
+    groups: dict[str, list[str]] = {}
+    for t in unique:
+        groups.setdefault(find(t), []).append(t)
+    return list(groups.values())
+
+
+def split_terms(terms: list[str], split: str, seed: int = 0, source: str = "terms") -> list[str]:
+    """Part K of N of the normalised terms (module docstring); sorted. An error when the part is empty."""
+    k, n = parse_terms_split(split)
+    unique = sorted({normalise_term(t) for t in terms})
+    groups = sorted(_term_groups(unique),
+                    key=lambda g: hashlib.sha256(f"{seed}\x1f{min(g)}".encode()).hexdigest())
+    lo, hi = (k - 1) * len(groups) // n, k * len(groups) // n
+    part = sorted(t for g in groups[lo:hi] for t in g)
+    if not part:
+        raise ValueError(f"--terms-split {split} (--split-seed {seed}) selects no term of {source}: it has "
+                         f"{len(unique)} terms in {len(groups)} groups (terms that can match the same words count "
+                         f"as one); use a smaller N")
+    return part
+
+
 class BlocklistLabeler:
     """`TokenLabeler` over a term list. Build with `from_file(terms_path, tokenizer)` or directly."""
 
     name = "blocklist"
 
     def __init__(self, terms: list[str], token_bytes: TokenBytes | list[bytes], plurals: bool = True,
-                 terms_file: str | None = None, terms_sha256: str | None = None):
+                 terms_file: str | None = None, terms_sha256: str | None = None, terms_split: str | None = None,
+                 split_seed: int = 0):
         table = token_bytes if isinstance(token_bytes, list) else None
         if table is None:
             tb = token_bytes
@@ -156,24 +237,37 @@ class BlocklistLabeler:
         self._sep_id = self.vocab_size
         self._bytes = TokenBytes([*table, _SEP])  # one extra id: the document separator
         unique = sorted({t.lower() for t in terms})
+        self.terms_sha256 = terms_sha256 or hashlib.sha256("\n".join(unique).encode("utf-8")).hexdigest()
+        self.terms_split, self.split_seed = terms_split, int(split_seed)
+        self.num_terms_all = len(unique)
+        if terms_split is not None:
+            k, n = parse_terms_split(terms_split)
+            self.terms_split = f"{k}/{n}"
+            unique = split_terms(unique, self.terms_split, self.split_seed, terms_file or "the term list")
         self.num_terms = len(unique)
         self.plurals = plurals
         self.terms_file = terms_file
-        self.terms_sha256 = terms_sha256 or hashlib.sha256("\n".join(unique).encode("utf-8")).hexdigest()
         self.pattern = compile_terms(unique, plurals)
         self.pattern_ignorecase = compile_terms(unique, plurals, re.IGNORECASE)
 
     @classmethod
-    def from_file(cls, path: str, tokenizer, plurals: bool = True) -> BlocklistLabeler:
+    def from_file(cls, path: str, tokenizer, plurals: bool = True, terms_split: str | None = None,
+                  split_seed: int = 0) -> BlocklistLabeler:
+        """`terms_split` 'K/N' (with `split_seed`): label with part K of N of the terms (`split_terms`)."""
         with open(path, "rb") as f:
             sha = hashlib.sha256(f.read()).hexdigest()
         return cls(read_terms(path), tokenizer.token_bytes_table(), plurals, terms_file=os.path.basename(path),
-                   terms_sha256=sha)
+                   terms_sha256=sha, terms_split=terms_split, split_seed=split_seed)
 
     def describe(self) -> dict:
-        return {"labeler": self.name, "terms_file": self.terms_file, "terms_sha256": self.terms_sha256,
-                "num_terms": self.num_terms, "plurals": self.plurals, "case_insensitive": True,
-                "match": "whole words; whitespace in a term matches any whitespace run; '*' suffix = prefix"}
+        """Identity of the labels (sidecar metadata). terms_sha256 is the whole file's; with a split, terms_split
+        ("K/N"), split_seed and num_terms_file are added and num_terms counts the part's terms."""
+        d = {"labeler": self.name, "terms_file": self.terms_file, "terms_sha256": self.terms_sha256,
+             "num_terms": self.num_terms, "plurals": self.plurals, "case_insensitive": True,
+             "match": "whole words; whitespace in a term matches any whitespace run; '*' suffix = prefix"}
+        if self.terms_split is not None:
+            d.update(terms_split=self.terms_split, split_seed=self.split_seed, num_terms_file=self.num_terms_all)
+        return d
 
     def match_spans(self, text: bytes) -> tuple[np.ndarray, np.ndarray]:
         """Byte spans [start, end) of all term matches in UTF-8 `text` (longest match at each word start)."""
