@@ -230,3 +230,70 @@ def test_real_tokenizer_known_sentence(sp_tok):
     (s,) = lab.score_documents([np.array(ids)])
     covered = "".join(text[a:b] for (a, b), f in zip(offs, s) if f).replace(" ", "")
     assert covered == "pneumoniaamoxicillin"
+
+
+# ---- held-out terms (--terms-split K/N --split-seed S) ---------------------------------------------------------
+def test_terms_split_partitions_and_groups_related_terms():
+    from megatron_tf.labeling.blocklist import normalise_term, split_terms
+
+    terms = read_terms(os.path.join(REPO, "data", "demo", "medical_terms.txt"))
+    unique = {normalise_term(t) for t in terms}
+    for seed in (0, 1):
+        for n in (2, 3):
+            parts = [split_terms(terms, f"{k}/{n}", seed) for k in range(1, n + 1)]
+            assert sum(len(p) for p in parts) == len(unique)  # disjoint ...
+            assert set().union(*map(set, parts)) == unique  # ... and covering
+            assert all(abs(len(p) - len(unique) / n) < 0.15 * len(unique) / n for p in parts)  # balanced
+    a0, a1 = split_terms(terms, "1/2", 0), split_terms(terms, "1/2", 1)
+    assert a0 != a1 and split_terms(list(reversed(terms)), "1/2", 0) == a0  # seeded; file order does not matter
+    # a term and its plural, a stem and what it matches, a multi-word term and its words: always the same part
+    toy = ["tumor", "tumors", "chemotherap*", "Chemotherapy", "blood  pressure", "pressure", "asthma", "fever"]
+    for seed in range(20):
+        half = set(split_terms(toy, "1/2", seed))
+        for group in (["tumor", "tumors"], ["chemotherap*", "chemotherapy"], ["blood pressure", "pressure"]):
+            assert len(half & set(group)) in (0, len(group))
+
+
+def test_terms_split_bad_values_name_the_flag():
+    from megatron_tf.labeling.blocklist import split_terms
+
+    for bad in ("0/2", "3/2", "1-2", "a/b", "1/0", ""):
+        with pytest.raises(ValueError, match=r"--terms-split must be K/N .* got"):
+            split_terms(["fever", "asthma"], bad)
+    with pytest.raises(ValueError, match=r"--terms-split 1/3 .*selects no term.*2 terms"):
+        split_terms(["fever", "asthma"], "1/3")  # 2 groups in 3 parts: part 1 is empty
+
+
+def test_annotate_with_the_two_halves_flags_disjoint_occurrences(tmp_path):
+    from megatron_tf.data.indexed_dataset import write_dataset
+    from megatron_tf.data.sidecar import KIND_TOKEN_SCORES, TokenScores, sidecar_path
+    from megatron_tf.labeling.annotate import AnnotateConfig, main
+    from megatron_tf.labeling.blocklist import split_terms
+    from tests.labeling.tiny_tokenizers import CORPUS, train_sp
+
+    tok = train_sp(str(tmp_path))
+    terms_path = str(tmp_path / "terms.txt")
+    terms = ["patient", "fever", "asthma", "insulin", "diabetes", "surgery", "vaccine", "infection", "doctor",
+             "hospital", "treatment", "symptom", "disease", "blood", "heart", "cancer"]
+    with open(terms_path, "w") as f:
+        f.write("\n".join(terms) + "\n")
+    docs = [tok.tokenize(t) + [tok.eod] for t in CORPUS]
+    ds = write_dataset(str(tmp_path / "c_text_document"), docs, dtype=np.uint16)
+    base = ["--data-prefix", ds.path_prefix, "--terms", terms_path, "--tokenizer-type", "SentencePieceTokenizer",
+            "--tokenizer-model", tok.path, "--no-progress", "--split-seed", "7"]
+    q = {}
+    for k in (1, 2):
+        assert main([*base, "--terms-split", f"{k}/2", "--name", f"half{k}"]) == 0
+        ts = TokenScores(sidecar_path(ds.path_prefix, KIND_TOKEN_SCORES, f"half{k}"), ds)
+        q[k] = np.asarray(ts.q) > 0
+        lab = ts.metadata["labeler"]
+        assert (lab["terms_split"], lab["split_seed"], lab["num_terms_file"]) == (f"{k}/2", 7, len(terms))
+        assert lab["num_terms"] == len(split_terms(terms, f"{k}/2", 7))
+    assert main([*base[:-2], "--name", "all"]) == 0
+    full = np.asarray(TokenScores(sidecar_path(ds.path_prefix, KIND_TOKEN_SCORES, "all"), ds).q) > 0
+    assert q[1].any() and q[2].any()
+    assert not (q[1] & q[2]).any()  # these terms never overlap in text: the halves flag disjoint tokens
+    np.testing.assert_array_equal(q[1] | q[2], full)  # and together everything the whole list flags
+    with pytest.raises(ValueError, match="--terms-split needs --labeler blocklist"):
+        AnnotateConfig(labeler="sae", terms_split="1/2")
+    assert main([*base, "--terms-split", "5/4"]) == 2
