@@ -33,6 +33,20 @@ def normalize(weights) -> list[float]:
     return (w / w.sum()).tolist()
 
 
+def filtered_weights(weights: list[float], tokens_before: list[int], tokens_kept: list[int]) -> list[float]:
+    """Blend weights after a filter that removes data: w_i * kept_i / before_i, renormalised (the given weights are
+    shares of the unfiltered data). A component's epochs (samples x seq_length / kept_i) then keep their ratios to
+    the other components' epochs, so filtering never repeats a component's surviving documents to refill its share.
+    Components with nothing removed keep w_i exactly (kept_i / before_i == 1.0), so an unfiltered blend is unchanged
+    bit for bit."""
+    out = []
+    for w, b, k in zip(weights, tokens_before, tokens_kept):
+        if k > b or k < 0:
+            raise ValueError(f"tokens kept {k} outside [0, {b}]")
+        out.append(float(w) if k == b else float(w) * (k / b))
+    return normalize(out)
+
+
 def parse_blend(items: list[str] | None) -> tuple[list[str], list[float] | None] | None:
     """Megatron's --data-path list: 'P' / 'P1 P2 ...' (weights None) or 'W1 P1 W2 P2 ...'."""
     if not items:

@@ -14,6 +14,7 @@ epoch); see `train_valid_test_num_samples` for Megatron's formula.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -23,9 +24,19 @@ import numpy as np
 from ..tokenizer.tokenizer import Tokenizer, check_reserved_ids
 from ..utils.io import read_json
 from ..utils.logging import get_logger
-from .blending import BlendedDataset, component_sizes, normalize, parse_blend
+from .blending import BlendedDataset, component_sizes, filtered_weights, normalize, parse_blend
 from .config import FilterConfig, GPTDatasetConfig
-from .filters import ForgetFlags, SampleFilter, document_scores, open_forget_flags, sequence_values
+from .filters import (
+    FilterFractionError,
+    ForgetFlags,
+    SampleFilter,
+    document_scores,
+    open_forget_flags,
+    pick_document_threshold,
+    pick_token_threshold,
+    score_histogram,
+    sequence_values,
+)
 from .gpt_dataset import GPTDataset, StepSwitchDataset
 from .indexed_dataset import IndexedDataset
 
@@ -179,6 +190,8 @@ class _Builder:
         self.eval_filter = SampleFilter(mode, **common)
         self.none_filter = SampleFilter("none", **common)
         self.stats: dict = {}
+        self._documents: dict = {}
+        self.requested = fcfg  # the flags as given; self.fcfg gets the thresholds resolve_filter() picks
 
     def source(self, prefix: str) -> DataSource:
         if prefix not in self.sources:
@@ -186,6 +199,14 @@ class _Builder:
         return self.sources[prefix]
 
     def documents(self, src: DataSource, bookends, drop: bool) -> tuple[np.ndarray, dict]:
+        """(kept sequence ids, stats) of a split of a source, cached (the forget-token count reads the split)."""
+        key = (src.prefix, tuple(bookends), drop)
+        if key not in self._documents:
+            self._documents[key] = self._documents_uncached(src, bookends, drop)
+        docs, st = self._documents[key]
+        return docs, dict(st)
+
+    def _documents_uncached(self, src: DataSource, bookends, drop: bool) -> tuple[np.ndarray, dict]:
         n = len(src.indexed)
         beg, end = split_range(bookends, n)
         docs = np.arange(beg, end, dtype=np.int32)
@@ -207,7 +228,91 @@ class _Builder:
             st["tokens_filtered"] = st.get("forget_tokens", 0)
         else:
             st["documents_filtered"] = st["tokens_filtered"] = 0
+        # tokens the samples are built from (mask/remove keep every token in the stream: only the loss skips some)
+        st["tokens_kept"] = tokens - (st["tokens_filtered"] if src.sequence_scores is not None and drop else 0)
         return docs, st
+
+    # ---- thresholds picked for a filtered fraction ---------------------------------------------------------------
+    def train_parts(self) -> list[tuple[str, tuple[float, float]]]:
+        """(prefix, bookends) of every component of the train split."""
+        cfg = self.cfg
+        if cfg.data_path:
+            bookends = split_matrix(cfg.split)[0]
+            prefixes = parse_blend(cfg.data_path)[0] if bookends is not None else []
+        else:
+            blend = parse_blend(cfg.train_data_path)
+            prefixes, bookends = (blend[0] if blend else []), (0.0, 1.0)
+        return [(p, bookends) for p in dict.fromkeys(prefixes)]
+
+    def resolve_filter(self) -> None:
+        """Resolve --document-filter-fraction / --token-filter-fraction into a threshold over the train split (all
+        its prefixes pooled, each counted once), log it, and record it in self.stats["filter"]."""
+        if "filter" in self.stats:
+            return
+        f = self.requested
+        fraction = f.document_filter_fraction if f.document_filter_fraction is not None else f.token_filter_fraction
+        rec = {"token_filter": f.token_filter, "forget_sidecar_name": f.forget_sidecar_name,
+               "forget_threshold": f.forget_threshold, "document_threshold": f.document_threshold,
+               "document_score_column": f.document_score_column if f.token_filter == "document" else None,
+               "document_filter_fraction": f.document_filter_fraction,
+               "token_filter_fraction": f.token_filter_fraction}
+        self.stats["filter"] = rec
+        if fraction is None:
+            return
+        parts = self.train_parts()
+        flag = "--document-filter-fraction" if f.document_filter_fraction is not None else "--token-filter-fraction"
+        if not parts:
+            raise FilterFractionError(f"{flag} {fraction} needs a train split (--split gives it no documents)")
+        if f.document_filter_fraction is not None:
+            scores, lengths = [], []
+            for prefix, bookends in parts:
+                src = self.source(prefix)
+                beg, end = split_range(bookends, len(src.indexed))
+                scores.append(src.sequence_scores[beg:end])
+                lengths.append(np.asarray(src.indexed.sequence_lengths[beg:end], dtype=np.int64))
+            t, achieved = pick_document_threshold(np.concatenate(scores), np.concatenate(lengths), fraction, flag)
+            self.fcfg = dataclasses.replace(f, document_threshold=t, document_filter_fraction=None)
+            rec.update(document_threshold=t, threshold_picked_by=flag)
+            what = f"document threshold {t:.6g} ({f.document_score_column}) drops"
+        else:
+            t, achieved, what = self._pick_forget_threshold(parts, fraction, flag)
+            self.fcfg = dataclasses.replace(f, forget_threshold=t, token_filter_fraction=None)
+            rec.update(forget_threshold=t, threshold_picked_by=flag)
+        rec["achieved_fraction"] = achieved
+        log.info("%s %g: %s %.4f of the train split's tokens (%d prefixes pooled)", flag, fraction, what, achieved,
+                 len(parts))
+
+    def _pick_forget_threshold(self, parts, fraction: float, flag: str) -> tuple[float, float, str]:
+        """--token-filter-fraction: from the token scores' histogram, or the single share a bit mask allows."""
+        from .filters import FRACTION_TOLERANCE
+        from .sidecar import KIND_TOKEN_SCORES, TokenScores, sidecar_path
+
+        hist, mask_counts = np.zeros(256, dtype=np.int64), [0, 0]
+        for prefix, bookends in parts:
+            indexed = IndexedDataset(prefix)
+            fp = indexed.fingerprint()
+            beg, end = split_range(bookends, len(indexed))
+            a, b = int(indexed.token_offsets[beg]), int(indexed.token_offsets[end])
+            path = sidecar_path(prefix, KIND_TOKEN_SCORES, self.fcfg.forget_sidecar_name)
+            if os.path.isfile(path):
+                hist += score_histogram(TokenScores(path, indexed, fp).q, a, b)
+                continue
+            flags = open_forget_flags(indexed, fp, self.fcfg.forget_sidecar_name, None, required=True)
+            if hist.any() or len(parts) > 1:
+                raise FilterFractionError(f"{flag} {fraction}: {prefix} has only the bit mask {flags.path} (no token "
+                                          f"scores {path}); every prefix needs token scores to pick a threshold")
+            mask_counts = [flags.count(a, b), b - a]
+            achieved = mask_counts[0] / max(mask_counts[1], 1)
+            if abs(achieved - fraction) > FRACTION_TOLERANCE:
+                raise FilterFractionError(
+                    f"{flag} {fraction}: {prefix} has only the bit mask {flags.path} (threshold {flags.threshold}), "
+                    f"which flags {achieved:.4f} of the train split's tokens, not within {FRACTION_TOLERANCE}; "
+                    f"annotate token scores ({path}) to pick a threshold")
+            return flags.threshold, achieved, f"bit mask {flags.path} (threshold {flags.threshold}) flags"
+        t, achieved = pick_token_threshold(hist, fraction, flag)
+        distinct = int(np.count_nonzero(hist))
+        return t, achieved, (f"forget threshold {t:.6g} (q >= {round(t * 255)}; scores take {distinct} distinct "
+                             f"values) flags")
 
     def gpt(self, prefix: str, bookends, num_samples: int | None, split: str, drop: bool = True,
             sample_filter=None) -> tuple[GPTDataset, dict]:
@@ -238,6 +343,12 @@ class _Builder:
         if not prefixes:
             raise ValueError(f"--token-filter document with --document-threshold {self.fcfg.document_threshold} "
                              f"drops every document of every dataset of the {split} split")
+        if weights is not None and drop and self.fcfg.token_filter == "document":
+            sts = [self.documents(self.source(p), bookends[i], True)[1] for p in prefixes]
+            given = normalize(weights)
+            weights = filtered_weights(weights, [st["tokens"] for st in sts], [st["tokens_kept"] for st in sts])
+            log.info("%s blend weights after the document filter (w x tokens kept / tokens, renormalised): %s -> %s",
+                     split, [round(x, 4) for x in given], [round(x, 4) for x in weights])
         if weights is not None:
             weights = normalize(weights)
             if size is None:
@@ -272,6 +383,7 @@ class _Builder:
 
     def build(self, sizes: list[int | None]) -> GPTDatasets:
         cfg = self.cfg
+        self.resolve_filter()
         out: list = [None, None, None]
         if cfg.data_path:
             prefixes, weights = parse_blend(cfg.data_path)
@@ -297,13 +409,80 @@ class _Builder:
                                                sample_filter=self.none_filter)
                 ds = StepSwitchDataset(before, ds, self.start_sample)
             out[i] = ds
-            self.stats[SPLITS[i]] = summarize_stats(st)
-            s = self.stats[SPLITS[i]]
-            log.info("%s: %d samples; --token-filter %s filters %.4f of %d tokens and %.4f of %d documents%s",
-                     SPLITS[i], len(ds), self.fcfg.token_filter, s["tokens_filtered_fraction"], s["tokens"],
-                     s["documents_filtered_fraction"], s["documents"],
+            self.stats[SPLITS[i]] = s = summarize_stats(st)
+            s["components"] = component_table(ds, prefixes, weights, st, size, cfg.seq_length)
+            if weights is not None:  # share of the (unfiltered) blend's stream that the filter removes or masks
+                s["tokens_filtered_fraction_weighted"] = weighted_filtered_fraction(prefixes, weights, st)
+            log.info("%s: %d samples; --token-filter %s%s filters %.4f of %d tokens and %.4f of %d documents%s",
+                     SPLITS[i], len(ds), self.fcfg.token_filter, self._threshold_text(),
+                     s["tokens_filtered_fraction"], s["tokens"], s["documents_filtered_fraction"], s["documents"],
                      f"; forget tokens {s['forget_token_fraction']:.4f}" if "forget_token_fraction" in s else "")
+            log.info("%s components:\n%s", SPLITS[i], format_components(s["components"]))
         return GPTDatasets(out[0], out[1], out[2], self.stats)
+
+    def _threshold_text(self) -> str:
+        f = self.fcfg
+        if f.token_filter == "document":
+            return f" (document threshold {f.document_threshold:.6g} on {f.document_score_column})"
+        if f.token_filter in ("mask", "remove") and f.forget_threshold is not None:
+            return f" (forget threshold {f.forget_threshold:.6g})"
+        return ""
+
+
+def _samples_per_component(ds, n: int, size: int | None) -> list[int]:
+    """Samples a split of `size` draws (None: the whole dataset) takes from each of its n components."""
+    if isinstance(ds, StepSwitchDataset):
+        ds = ds.after
+    total = len(ds) if size is None else min(size, len(ds))
+    if isinstance(ds, BlendedDataset):
+        return np.bincount(np.asarray(ds.dataset_index[:total]), minlength=n).tolist()
+    return [total]
+
+
+def component_table(ds, prefixes: list[str], weights: list[float] | None, per_prefix: list[dict],
+                    size: int | None, seq_length: int) -> list[dict]:
+    """Per component of a split, in --data-path order: prefix, weight (the share the blend draws with, after any
+    document filter), weight_given (the normalised --data-path weight, None for an unweighted blend), samples (drawn
+    by the split's `size` samples), tokens_total / tokens_kept (the split's tokens before / after the document
+    filter), epochs = samples x seq_length / tokens_kept (times the kept tokens are drawn)."""
+    by_prefix = {st["prefix"]: st for st in per_prefix}
+    inner = ds.after if isinstance(ds, StepSwitchDataset) else ds
+    if isinstance(inner, BlendedDataset):
+        built = [d.source.prefix for d in inner.datasets]
+        used = np.asarray(inner.weights, dtype=np.float64) / float(np.sum(inner.weights))
+    else:
+        built, used = [prefixes[0]], np.ones(1)
+    counts = _samples_per_component(ds, len(built), size)
+    given = normalize(weights) if weights is not None else [None] * len(prefixes)
+    rows, j = [], 0
+    for p, wg in zip(prefixes, given):  # components emptied by the document filter are not in `built`
+        st = by_prefix[p]
+        here = j < len(built) and built[j] == p
+        n, w = (int(counts[j]), float(used[j])) if here else (0, 0.0)
+        j += here
+        rows.append({"prefix": p, "weight": w, "weight_given": wg, "samples": n, "tokens_total": int(st["tokens"]),
+                     "tokens_kept": int(st["tokens_kept"]),
+                     "epochs": n * seq_length / st["tokens_kept"] if st["tokens_kept"] else 0.0})
+    return rows
+
+
+def weighted_filtered_fraction(prefixes: list[str], weights: list[float], per_prefix: list[dict]) -> float:
+    """sum_i w_i x tokens_filtered_i / tokens_i over the normalised --data-path weights: the share of the unfiltered
+    blend's token stream that the filter removes (document) or masks (mask/remove)."""
+    by_prefix = {st["prefix"]: st for st in per_prefix}
+    return float(sum(w * by_prefix[p]["tokens_filtered"] / max(by_prefix[p]["tokens"], 1)
+                     for p, w in zip(prefixes, normalize(weights))))
+
+
+def format_components(rows: list[dict]) -> str:
+    head = f"  {'weight_given':>12s} {'weight':>8s} {'samples':>9s} {'tokens_total':>13s} {'tokens_kept':>12s} " \
+           f"{'epochs':>9s}  prefix"
+    lines = [head]
+    for r in rows:
+        wg = "-" if r["weight_given"] is None else f"{r['weight_given']:.4f}"
+        lines.append(f"  {wg:>12s} {r['weight']:8.4f} {r['samples']:9d} {r['tokens_total']:13d} "
+                     f"{r['tokens_kept']:12d} {r['epochs']:9.4f}  {r['prefix']}")
+    return "\n".join(lines)
 
 
 def summarize_stats(per_prefix: list[dict]) -> dict:

@@ -66,6 +66,14 @@ class FilterConfig:
         "Annotation name N of the sidecars P.N.tokscores / P.N.tokmask / P.N.docscores."))
     document_threshold: float | None = field(default=None, metadata=opt(
         "--token-filter document drops documents whose document score >= this value."))
+    document_filter_fraction: float | None = field(default=None, metadata=opt(
+        "--token-filter document: instead of --document-threshold, pick at build time the threshold that drops "
+        "this fraction of the train split's tokens (all its prefixes pooled), in (0, 1); logged and recorded in "
+        "the dataset stats (docs/gpt_dataset.md)."))
+    token_filter_fraction: float | None = field(default=None, metadata=opt(
+        "--token-filter mask/remove: instead of --forget-threshold, pick at build time the threshold that flags "
+        "this fraction of the train split's tokens (all its prefixes pooled), in (0, 1); an error when the token "
+        "scores cannot come within 0.02 of it (e.g. 0/1 scores)."))
     document_score_column: str = field(default="mean_score", metadata=opt(
         "Document score column: mean_score, max_score or frac_ge_T (frac_ge_T for any T is computed from the "
         "token scores when the sidecar lacks it)."))
@@ -84,5 +92,23 @@ class FilterConfig:
             raise ValueError(f"--label-noise must be in [0, 1], got {self.label_noise}")
         if self.filter_start_step < 0:
             raise ValueError(f"--filter-start-step must be >= 0, got {self.filter_start_step}")
-        if self.token_filter == "document" and self.document_threshold is None:
-            raise ValueError("--token-filter document needs --document-threshold")
+        self._check_filter_fractions()
+        if self.token_filter == "document" and self.document_threshold is None and \
+                self.document_filter_fraction is None:
+            raise ValueError("--token-filter document needs --document-threshold or --document-filter-fraction")
+
+    def _check_filter_fractions(self) -> None:
+        for flag, value, mode, exclusive, other in (
+                ("--document-filter-fraction", self.document_filter_fraction, ("document",),
+                 "--document-threshold", self.document_threshold),
+                ("--token-filter-fraction", self.token_filter_fraction, ("mask", "remove"),
+                 "--forget-threshold", self.forget_threshold)):
+            if value is None:
+                continue
+            if not 0.0 < value < 1.0:
+                raise ValueError(f"{flag} must be in (0, 1), got {value}")
+            if other is not None:
+                raise ValueError(f"{flag} {value} and {exclusive} {other} are mutually exclusive")
+            if self.token_filter not in mode:
+                raise ValueError(f"{flag} {value} needs --token-filter {' or '.join(mode)}, got "
+                                 f"--token-filter {self.token_filter}")

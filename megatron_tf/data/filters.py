@@ -264,3 +264,76 @@ def _reset_positions(tokens: np.ndarray, eod: int) -> np.ndarray:
     restart[after] = after
     np.maximum.accumulate(restart, out=restart)
     return np.arange(n, dtype=np.int64) - restart
+
+
+# ---- thresholds picked for a target filtered fraction (--document-filter-fraction / --token-filter-fraction) ------
+FRACTION_TOLERANCE = 0.02  # the achieved fraction must lie within this of the requested one (absolute)
+
+
+class FilterFractionError(ValueError):
+    pass
+
+
+def pick_document_threshold(scores: np.ndarray, lengths: np.ndarray, fraction: float,
+                            flag: str = "--document-filter-fraction") -> tuple[float, float]:
+    """(threshold t, achieved fraction): documents with score >= t are dropped; t is the document score whose drop
+    set's token share sum(lengths[scores >= t]) / sum(lengths) lies closest to `fraction` (the larger t on ties).
+    Error when no t comes within FRACTION_TOLERANCE (few documents, or one document holding much of the data)."""
+    scores = np.asarray(scores, dtype=np.float32)
+    lengths = np.asarray(lengths, dtype=np.int64)
+    total = int(lengths.sum())
+    if total <= 0:
+        raise FilterFractionError(f"{flag} {fraction}: the train split holds no tokens")
+    values, inverse = np.unique(scores, return_inverse=True)  # ascending distinct scores
+    per_value = np.bincount(inverse, weights=lengths, minlength=len(values))
+    dropped = np.cumsum(per_value[::-1])[::-1] / total  # dropped[k]: share of tokens with score >= values[k]
+    err = np.abs(dropped - fraction)
+    k = len(values) - 1 - int(np.argmin(err[::-1]))  # closest; the larger threshold (fewer drops) on ties
+    if err[k] > FRACTION_TOLERANCE:
+        raise FilterFractionError(
+            f"{flag} {fraction}: no document threshold drops within {FRACTION_TOLERANCE} of that share of the train "
+            f"split's {total} tokens; nearest: {_nearest(values, dropped, fraction)}")
+    return float(values[k]), float(dropped[k])
+
+
+def pick_token_threshold(histogram: np.ndarray, fraction: float, flag: str = "--token-filter-fraction"
+                         ) -> tuple[float, float]:
+    """(threshold T, achieved fraction) from the uint8 score histogram (counts of q = 0..255): the T = qt / 255
+    (qt in 1..255, a token is forget iff q >= qt) whose flagged share lies closest to `fraction` (the larger qt on
+    ties). Error when no qt comes within FRACTION_TOLERANCE (discrete scores, e.g. 0/1 labels)."""
+    h = np.asarray(histogram, dtype=np.int64)
+    total = int(h.sum())
+    if total <= 0:
+        raise FilterFractionError(f"{flag} {fraction}: the train split holds no tokens")
+    flagged = np.cumsum(h[::-1])[::-1][1:] / total  # flagged[qt - 1]: share with q >= qt, qt = 1..255
+    err = np.abs(flagged - fraction)
+    k = 254 - int(np.argmin(err[::-1]))
+    if err[k] > FRACTION_TOLERANCE:
+        distinct = int(np.count_nonzero(h))
+        raise FilterFractionError(
+            f"{flag} {fraction}: the train split's token scores take {distinct} distinct value(s), so no forget "
+            f"threshold flags within {FRACTION_TOLERANCE} of that share of its {total} tokens; nearest: "
+            f"{_nearest(np.arange(1, 256) / 255.0, flagged, fraction)}")
+    return (k + 1) / 255.0, float(flagged[k])
+
+
+def _nearest(thresholds: np.ndarray, shares: np.ndarray, fraction: float) -> str:
+    """The achievable shares just below and above `fraction`, with their thresholds."""
+    out = []
+    below = np.flatnonzero(shares <= fraction)
+    above = np.flatnonzero(shares > fraction)
+    if below.size:
+        k = below[np.argmax(shares[below])]
+        out.append(f"{shares[k]:.4f} at threshold {float(thresholds[k]):.6g}")
+    if above.size:
+        k = above[np.argmin(shares[above])]
+        out.append(f"{shares[k]:.4f} at threshold {float(thresholds[k]):.6g}")
+    return " or ".join(out)
+
+
+def score_histogram(q: np.ndarray, start: int, end: int) -> np.ndarray:
+    """int64 [256]: counts of the uint8 scores q[start:end] (chunked)."""
+    h = np.zeros(256, dtype=np.int64)
+    for a in range(start, end, _CHUNK):
+        h += np.bincount(np.asarray(q[a : min(end, a + _CHUNK)]), minlength=256)
+    return h
