@@ -82,9 +82,7 @@ class InputStream:
         elif self.compression == "xz":
             self._stream = lzma.LZMAFile(buffered, mode="rb")
         elif self.compression == "zstd":
-            import zstandard
-
-            self._stream = zstandard.ZstdDecompressor().stream_reader(buffered, read_across_frames=True)
+            self._stream = _ZstdFrames(buffered, path)
         else:
             self._stream = buffered
 
@@ -111,6 +109,59 @@ class InputStream:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class _ZstdFrames:
+    """Decompresses a sequence of zstd frames and raises when the file ends inside a frame.
+
+    zstandard's `stream_reader` returns a short read, no error, when the input stops mid-frame (a file cut at a block
+    boundary read as 300 of 886 documents with exit status 0); gzip and lzma raise EOFError there. Here each frame
+    goes through its own `decompressobj`, whose `eof` says whether the frame's end was seen.
+    """
+
+    RAW_CHUNK = 1 << 20
+
+    def __init__(self, raw, path: str):
+        import zstandard
+
+        self._raw, self._path = raw, path
+        self._dctx = zstandard.ZstdDecompressor()
+        self._obj = None  # the decompressor of the frame in progress; None between frames
+        self._out = bytearray()
+        self._raw_eof = False
+        self._consumed = 0
+
+    def _feed(self, data: bytes) -> None:
+        while data:
+            if self._obj is None:
+                self._obj = self._dctx.decompressobj()
+            self._out += self._obj.decompress(data)
+            if self._obj.eof:
+                data, self._obj = self._obj.unused_data, None
+            else:
+                data = b""
+
+    def read(self, n: int) -> bytes:
+        while len(self._out) < n and not self._raw_eof:
+            chunk = self._raw.read(self.RAW_CHUNK)
+            if not chunk:
+                self._raw_eof = True
+                if self._obj is not None:
+                    raise InputError(f"{self._path}: cannot read zstd data: truncated file, the last frame is "
+                                     f"unfinished after {self._consumed} compressed bytes (an interrupted copy or "
+                                     "download?)")
+                break
+            self._consumed += len(chunk)
+            try:
+                self._feed(chunk)
+            except Exception as e:  # zstandard.ZstdError
+                raise InputError(f"{self._path}: cannot read zstd data: {e}") from e
+        out = bytes(self._out[:n])
+        del self._out[:n]
+        return out
+
+    def close(self) -> None:
+        self._raw.close()
 
 
 def open_input(path: str) -> InputStream:
@@ -173,7 +224,7 @@ def split_lines(data: bytes) -> list[bytes]:
 
 @dataclass(frozen=True)
 class LineIssue:
-    kind: str  # bad_json | not_object | missing_key | not_string
+    kind: str  # bad_json | not_object | missing_key | not_string | bad_unicode
     detail: str
 
 
@@ -194,6 +245,13 @@ def parse_line(line: bytes, keys: Sequence[str]) -> list[str] | LineIssue:
         if not isinstance(v, str):
             return LineIssue("not_string", f"key {k!r} is {type(v).__name__}, expected a string")
         out.append(v)
+    if b"\\ud" in line or b"\\uD" in line:  # only a \uD800-\uDFFF escape can yield a lone surrogate
+        for k, v in zip(keys, out):
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError as e:
+                return LineIssue("bad_unicode", f"key {k!r} holds a lone UTF-16 surrogate "
+                                                f"{v[e.start:e.end]!r} at character {e.start} (not valid Unicode text)")
     return out
 
 
