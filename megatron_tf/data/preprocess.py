@@ -646,6 +646,15 @@ def _log_summary(cfg: PreprocessConfig, metas: dict[str, dict], seconds: float) 
                  f"({m['dataset']['dtype']}), max token id {m['max_token_id']}; empty documents skipped "
                  f"{c['empty_documents_skipped']}, kept {c['empty_documents_kept']}; blank lines {c['blank_lines']}")
     first = next(iter(metas.values()))
+    for key, m in metas.items():
+        if m["counts"]["documents"] == 0:
+            prefix = output_prefix_for(cfg.output_prefix, key)
+            c = m["counts"]
+            log.warning(f"EMPTY DATASET: wrote {prefix}.bin (0 bytes), {prefix}.idx and {prefix}.meta.json with 0 "
+                        f"documents and 0 tokens for JSON key {key!r}: the input(s) {list(cfg.input)} gave "
+                        f"{c['lines']} line(s), {c['blank_lines']} blank, bad lines skipped "
+                        f"{c['bad_lines_skipped'] or 'none'}, empty documents skipped "
+                        f"{c['empty_documents_skipped']}. Check --input and --json-keys; training on it will fail.")
     bad = first["counts"]["bad_lines_skipped"]
     if bad:
         log.warning(f"skipped {sum(bad.values())} bad line(s): {bad}; first ones:\n  "

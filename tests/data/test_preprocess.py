@@ -372,3 +372,36 @@ def test_sigkill_then_rerun_cli_is_byte_identical(tmp_path):
     got = read_bytes(out)
     assert got[".bin"] == ref[".bin"] and got[".idx"] == ref[".idx"]
     assert not os.path.exists(tmp_path / "killed.tmp-preprocess")
+
+
+# ---- issue 14: lone surrogates, empty input ------------------------------------------------------------------------
+def test_lone_surrogate_is_a_bad_line_under_both_policies(tmp_path):
+    src = tmp_path / "sur.jsonl"
+    src.write_bytes(b'{"text": "good one"}\n{"text": "bad \\ud800 here"}\n{"text": "good three"}\n')
+    prefix, metas = run(tmp_path, [src], on_bad_line="skip")
+    assert metas["text"]["counts"]["bad_lines_skipped"] == {"bad_unicode": 1}
+    assert metas["text"]["bad_lines_listed"][0].startswith(f"{src}:2: bad_unicode: key 'text' holds a lone UTF-16")
+    ds = IndexedDataset(prefix)
+    assert [ds[i].tolist() for i in range(len(ds))] == reference(["good one", "good three"])
+    with pytest.raises(PreprocessError, match=r"sur\.jsonl:2: bad_unicode: .*surrogate"):
+        run(tmp_path, [src], name="fail", workers=2)
+
+
+def test_empty_input_warns_loudly(tmp_path):
+    import logging
+
+    src = tmp_path / "empty.jsonl"
+    src.write_bytes(b"")
+    blank = write_jsonl(tmp_path / "blank.jsonl", ["", "   "])
+    seen = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = seen.append  # the package logger does not propagate to pytest's caplog
+    logging.getLogger("megatron_tf").addHandler(handler)
+    try:
+        prefix, metas = run(tmp_path, [src, blank])
+    finally:
+        logging.getLogger("megatron_tf").removeHandler(handler)
+    assert metas["text"]["counts"]["documents"] == 0
+    warn = [r.getMessage() for r in seen]
+    assert any("EMPTY DATASET" in w and prefix + ".bin" in w and "empty.jsonl" in w and "0 documents" in w
+               for w in warn), warn
