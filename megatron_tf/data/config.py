@@ -92,6 +92,11 @@ class FilterConfig:
             raise ValueError(f"--label-noise must be in [0, 1], got {self.label_noise}")
         if self.filter_start_step < 0:
             raise ValueError(f"--filter-start-step must be >= 0, got {self.filter_start_step}")
+        if self.document_threshold is not None and not 0.0 < self.document_threshold <= 1.0:
+            # document scores (mean_score, max_score, frac_ge_T) lie in [0, 1]: T > 1 keeps everything, T <= 0 drops
+            # everything, NaN drops everything (NaN comparisons are False); all refused
+            raise ValueError(f"--document-threshold must be a number in (0, 1] (document scores lie in [0, 1]), "
+                             f"got {self.document_threshold}")
         self._check_filter_fractions()
         if self.token_filter == "document" and self.document_threshold is None and \
                 self.document_filter_fraction is None:
