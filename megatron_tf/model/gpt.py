@@ -9,7 +9,8 @@ splits the layers with `stage_layer_range` and initialises the weights (megatron
       position_ids:  None (= arange(s)), [s] or [b, s]; EVERY stage needs the same position_ids (RoPE is per layer)
       between stages / returned by non-last stages: hidden states [s, b, h] ([s/tp, b, h] with sequence parallel;
                      the dtype is whatever the layers produced: fp32 residual stream under bf16 autocast)
-      last stage:    logits [b, s, V_padded/tp], this TP rank's vocabulary shard (gather_logits=True: all of V_padded)
+      last stage:    logits [b, s, V_padded/tp], this TP rank's vocabulary shard (gather_logits=True: all of V_padded);
+                     output_hidden=True: the output layer's input [b, s, h] instead (for a fused LM-head loss)
 
 Parameter names (global layer indices on every stage; a stage's state dict is a subset of the full model's):
 
@@ -180,7 +181,8 @@ class GPTModel(nn.Module):
 
     # ---- forward -------------------------------------------------------------------------------------------------
     def forward(self, input_ids: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
-                hidden_states: torch.Tensor | None = None, gather_logits: bool = False) -> torch.Tensor:
+                hidden_states: torch.Tensor | None = None, gather_logits: bool = False,
+                output_hidden: bool = False) -> torch.Tensor:
         cfg = self.config
         if self.pre_process:
             if input_ids is None or input_ids.dim() != 2:
@@ -212,6 +214,8 @@ class GPTModel(nn.Module):
         else:
             x = copy_to_tp_region(x, self.tp_group)
         # [s, b, h] -> [b, s, h] before the output layer, so the (large) logits come out [b, s, V/tp] contiguous
+        if output_hidden:  # the input of the output layer; the loss applies output_weight() (fused LM-head loss)
+            return x.transpose(0, 1).contiguous()
         logits = F.linear(x.transpose(0, 1).contiguous(), self.output_weight())
         return gather_from_tp_region(logits, self.tp_group, -1) if gather_logits else logits
 

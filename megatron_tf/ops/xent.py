@@ -73,6 +73,8 @@ def fused_available() -> bool:
 
 def select_impl(impl: str, device: torch.device, dtype: torch.dtype | None = None) -> str:
     """Resolve `impl` for logits on `device`: "fused" or "torch". Logs the choice once per distinct choice."""
+    if impl == "fused-linear":  # the trainer's fused LM-head loss; anything that holds logits uses "auto"
+        impl = "auto"
     if impl not in IMPLS:
         raise ValueError(f"cross-entropy impl must be one of {IMPLS}, got {impl!r}")
     device = torch.device(device)

@@ -46,8 +46,10 @@ class CrossEntropyConfig:
 
     cross_entropy_impl: str = field(default="auto", metadata=opt(
         "Vocab-parallel cross-entropy implementation: 'fused' CUDA kernel (megatron_tf._C), 'torch' reference, or "
-        "'auto' (fused when importable and the logits are on CUDA; the choice is logged).",
-        choices=("auto", "torch", "fused")))
+        "'auto' (fused when importable and the logits are on CUDA; the choice is logged), or 'fused-linear': the "
+        "training loss fuses the output layer with the cross-entropy (megatron_tf/ops/fused_linear_xent.py: logits "
+        "never materialised, masked rows skipped; evaluation uses 'auto' on logits).",
+        choices=("auto", "torch", "fused", "fused-linear")))
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ from megatron_tf.data.builder import build_gpt_datasets
 from megatron_tf.data.loader import build_pretraining_data_loader
 from megatron_tf.model import build_gpt_stage, model_flops_per_token, num_parameters
 from megatron_tf.model.gpt import allreduce_embedding_grads
+from megatron_tf.ops.fused_linear_xent import fused_linear_objective
 from megatron_tf.parallel.cross_entropy import vocab_parallel_cross_entropy
 from megatron_tf.parallel.data_parallel import allreduce_mean_grads
 from megatron_tf.parallel.groups import build_parallel_groups
@@ -213,8 +214,9 @@ class Trainer:
         s = t.seq_length // (g.tp_size if self.model_cfg.sequence_parallel else 1)
         self.p2p = P2P(g.prev_stage_rank, g.next_stage_rank, (s, t.micro_batch_size, h), torch.float32,
                        self.device) if g.pp_size > 1 else None
-        self.one_pass = g.is_last_stage and use_one_pass(cfgs.xent.cross_entropy_impl, g.tp_size, self.device,
-                                                         torch.bfloat16 if self.bf16 else torch.float32)
+        self.fused_linear = g.is_last_stage and cfgs.xent.cross_entropy_impl == "fused-linear"
+        self.one_pass = g.is_last_stage and not self.fused_linear and use_one_pass(
+            cfgs.xent.cross_entropy_impl, g.tp_size, self.device, torch.bfloat16 if self.bf16 else torch.float32)
         if self.one_pass:
             log.info("loss: one-pass fused cross-entropy loss + gradient (TP = 1)")
 
@@ -285,12 +287,12 @@ class Trainer:
     def _autocast(self):
         return torch.autocast("cuda", dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
 
-    def _forward(self, model, b: dict, x):
+    def _forward(self, model, b: dict, x, hidden: bool = False):
         pos = b.get("position_ids")
         with self._autocast():
             if self.groups.is_first_stage:
-                return model(input_ids=b["tokens"], position_ids=pos)
-            return model(hidden_states=x, position_ids=pos)
+                return model(input_ids=b["tokens"], position_ids=pos, output_hidden=hidden)
+            return model(hidden_states=x, position_ids=pos, output_hidden=hidden)
 
     def _run_schedule(self, forward_step, m: int, forward_only: bool) -> None:
         g = self.groups
@@ -327,11 +329,16 @@ class Trainer:
         def forward_step(i, x):
             nonlocal loss_sum
             b = dev_batches[i]
-            out = self._forward(self.wrapped, b, x)
+            out = self._forward(self.wrapped, b, x, self.fused_linear)
             if not g.is_last_stage:
                 return out
-            handle, s = microbatch_objective(out, b["labels"], b["loss_mask"], scale, g.tp_group,
-                                             xc.cross_entropy_impl, eps, self.one_pass)
+            if self.fused_linear:  # out = the output layer's input; the mask comes from the data
+                handle, s = fused_linear_objective(out, self.module.output_weight(), b["labels"], b["loss_mask"],
+                                                   scale, g.tp_group, eps,
+                                                   torch.bfloat16 if self.bf16 else torch.float32)
+            else:
+                handle, s = microbatch_objective(out, b["labels"], b["loss_mask"], scale, g.tp_group,
+                                                 xc.cross_entropy_impl, eps, self.one_pass)
             loss_sum = loss_sum + s.double()
             return handle
 
