@@ -12,7 +12,11 @@ Per checkpoint: <output-dir>/<run>.json (everything) and <run>.csv (long format)
 skipped (resume) unless --overwrite. The checkpoint is loaded in this process with
 megatron_tf.training.load_model_from_checkpoint(dir) -> (model, configs, tokenizer) (TP/PP shards merged);
 --seq-length, the arm (--token-filter) and the forget threshold come from its configs, the iteration and the tokens
-seen / learned from its state.json, unless given here. Metrics, prompt format and files: docs/evaluation.md.
+seen / learned from its state.json, unless given here. The filter's labels (annotation, labeler, spec) are read from
+the run's configs and its training prefixes' sidecars; --eval-labels NAME picks the annotation the token-level
+metrics use, and every token-level metric says whether it is "privileged" (its labels are the filter's).
+--knowledge DIR/test.jsonl adds the knowledge probe's cloze accuracy (tools/make_knowledge_probe.py).
+Metrics, prompt format and files: docs/evaluation.md.
 Logic: megatron_tf/evaluation/.
 """
 
@@ -110,15 +114,23 @@ def evaluate_checkpoint(path: str, args, cfg: EvaluationConfig, name: str) -> di
     if cfg.forget_threshold is None and meta.get("forget_threshold") is not None:
         cfg = dataclasses.replace(cfg, forget_threshold=float(meta["forget_threshold"]))
     run = {"name": name, "arm": args.arm or meta.get("arm"), "size": args.size, "checkpoint": os.path.abspath(path),
-           "iteration": meta.get("iteration"),
+           "iteration": meta.get("iteration"), "train_tokens_count": meta.get("train_tokens_count", "learned"),
            "tokens_seen": args.tokens_seen if args.tokens_seen is not None else meta.get("tokens_seen"),
            "tokens_learned": args.tokens_learned if args.tokens_learned is not None else meta.get("tokens_learned")}
     return evaluate_model(model, tokenizer, cfg, seq_length=int(seq_length), run=run,
-                          progress=not args.no_progress, predictions=args.save_predictions)
+                          progress=not args.no_progress, predictions=args.save_predictions, train_configs=configs)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    try:
+        return _run(args)
+    except (FileNotFoundError, ValueError) as e:  # bad input (e.g. --eval-labels NAME without such an annotation)
+        print(f"tools/evaluate.py: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _run(args) -> int:
     cfg = dataclass_from_args(EvaluationConfig, args)
     rows = []
     for path in args.load:

@@ -20,6 +20,7 @@ Metrics (sums over all scored tokens of the set; docs/evaluation.md):
         document are not independent): sqrt(D / (D - 1) * sum_d (s_d - r c_d)^2) / sum_d c_d, r = nats_per_token,
         s_d, c_d the summed loss and the token count of document d.
 With forget labels (one flag per token), also the loss on forget tokens only and on unlabeled tokens only.
+`per_document` keeps the per-document sums (tokens, nats; and per label part) so reports can bootstrap over documents.
 """
 
 from __future__ import annotations
@@ -63,8 +64,10 @@ class LossAccumulator:
         self.bytes = 0
         self.bytes_known = True
         self.labeled = None  # None until the first document says whether it carries labels
-        self.forget_sum = self.unlabeled_sum = 0.0
-        self.forget_count = self.unlabeled_count = 0
+        self.doc_forget_sum: list[float] = []
+        self.doc_forget_count: list[int] = []
+        self.doc_unlabeled_sum: list[float] = []
+        self.doc_unlabeled_count: list[int] = []
 
     def new_document(self, doc: Document) -> int:
         has = doc.forget is not None
@@ -76,43 +79,65 @@ class LossAccumulator:
             self.bytes_known = False
         else:
             self.bytes += int(doc.nbytes)
-        self.doc_sum.append(0.0)
-        self.doc_count.append(0)
+        for lst, zero in ((self.doc_sum, 0.0), (self.doc_count, 0), (self.doc_forget_sum, 0.0),
+                          (self.doc_forget_count, 0), (self.doc_unlabeled_sum, 0.0), (self.doc_unlabeled_count, 0)):
+            lst.append(zero)
         return len(self.doc_sum) - 1
 
     def add(self, d: int, nll: np.ndarray, forget: np.ndarray | None) -> None:
         self.doc_sum[d] += float(nll.sum())
         self.doc_count[d] += int(nll.size)
         if forget is not None:
-            self.forget_sum += float(nll[forget].sum())
-            self.forget_count += int(forget.sum())
-            self.unlabeled_sum += float(nll[~forget].sum())
-            self.unlabeled_count += int((~forget).sum())
+            self.doc_forget_sum[d] += float(nll[forget].sum())
+            self.doc_forget_count[d] += int(forget.sum())
+            self.doc_unlabeled_sum[d] += float(nll[~forget].sum())
+            self.doc_unlabeled_count[d] += int((~forget).sum())
 
     def result(self) -> dict:
         s = np.asarray(self.doc_sum, dtype=np.float64)
         c = np.asarray(self.doc_count, dtype=np.float64)
         total, tokens = float(s.sum()), int(c.sum())
         out: dict = {"documents": len(self.doc_sum), "tokens": tokens}
+        per_doc = {"tokens": list(self.doc_count), "nats": list(self.doc_sum)}
+        if self.labeled:
+            per_doc.update(forget_tokens=list(self.doc_forget_count), forget_nats=list(self.doc_forget_sum),
+                           unlabeled_tokens=list(self.doc_unlabeled_count), unlabeled_nats=list(self.doc_unlabeled_sum))
+        out["per_document"] = per_doc
         if tokens == 0:
             out.update(nats_per_token=None, nats_per_token_stderr=None, perplexity=None, bits_per_byte=None,
                        bytes=self.bytes if self.bytes_known else None)
             return out
         r = total / tokens
-        D = len(s)
-        se = math.sqrt(D / (D - 1) * float(((s - r * c) ** 2).sum())) / tokens if D > 1 else None
+        se = _cluster_stderr(s, c)
         out.update(nats_per_token=r, nats_per_token_stderr=se, perplexity=math.exp(r),
                    bytes=self.bytes if self.bytes_known else None,
                    bits_per_byte=total / (math.log(2) * self.bytes) if self.bytes_known and self.bytes else None)
         if self.labeled:
-            out["forget_tokens"] = _part(self.forget_sum, self.forget_count, tokens)
-            out["unlabeled_tokens"] = _part(self.unlabeled_sum, self.unlabeled_count, tokens)
+            out["forget_tokens"] = _part(self.doc_forget_sum, self.doc_forget_count, tokens)
+            out["unlabeled_tokens"] = _part(self.doc_unlabeled_sum, self.doc_unlabeled_count, tokens)
         return out
 
 
-def _part(total: float, count: int, all_tokens: int) -> dict:
+def _cluster_stderr(s: np.ndarray, c: np.ndarray) -> float | None:
+    """Standard error of sum(s) / sum(c) with documents as clusters (module docstring); documents with c_d = 0 are
+    left out; None with fewer than 2 documents."""
+    keep = c > 0
+    s, c = s[keep], c[keep]
+    D = len(s)
+    if D < 2:
+        return None
+    r = float(s.sum() / c.sum())
+    return math.sqrt(D / (D - 1) * float(((s - r * c) ** 2).sum())) / float(c.sum())
+
+
+def _part(doc_sum: list[float], doc_count: list[int], all_tokens: int) -> dict:
+    """Loss over one label part (forget or unlabeled tokens): tokens, fraction, nats_per_token and its clustered
+    standard error (documents without such tokens left out)."""
+    s, c = np.asarray(doc_sum, dtype=np.float64), np.asarray(doc_count, dtype=np.float64)
+    count, total = int(c.sum()), float(s.sum())
     return {"tokens": count, "fraction": count / all_tokens if all_tokens else None,
-            "nats_per_token": total / count if count else None}
+            "nats_per_token": total / count if count else None,
+            "nats_per_token_stderr": _cluster_stderr(s, c) if count else None}
 
 
 def evaluate_documents(model, documents: Iterable[Document], *, seq_length: int, start_id: int, pad_id: int,

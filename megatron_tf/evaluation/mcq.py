@@ -40,8 +40,8 @@ PROMPT_TEMPLATE = "Question: {question}\nAnswer:"
 DELIMITER = " "
 
 
-def cloze_context(question: str) -> str:
-    return PROMPT_TEMPLATE.format(question=question.strip())
+def cloze_context(question: str, template: str = PROMPT_TEMPLATE) -> str:
+    return template.format(question=question.strip())
 
 
 def cloze_continuation(choice: str) -> str:
@@ -57,10 +57,13 @@ class Request:
     truncated: bool
 
 
-def build_requests(questions: Sequence[MCQuestion], tokenizer, seq_length: int) -> list[Request]:
+def build_requests(questions: Sequence[MCQuestion], tokenizer, seq_length: int,
+                   template: str = PROMPT_TEMPLATE) -> list[Request]:
+    """One request per (question, choice); `template` formats the context ("{question}": a plain sentence prefix,
+    as the knowledge probe uses)."""
     out = []
     for qi, q in enumerate(questions):
-        ctx = [tokenizer.eod, *tokenizer.tokenize(cloze_context(q.question))]
+        ctx = [tokenizer.eod, *tokenizer.tokenize(cloze_context(q.question, template))]
         for ci, c in enumerate(q.choices):
             cont = list(tokenizer.tokenize(cloze_continuation(c)))
             if not cont:
@@ -137,9 +140,9 @@ def mcq_metrics(questions: Sequence[MCQuestion], scored: Sequence[dict]) -> dict
 
 
 def evaluate_mcq(model, tokenizer, mcq_set: MCQSet, *, seq_length: int, batch_size: int = 16, bf16: bool = True,
-                 progress: bool = False) -> tuple[dict, list[dict]]:
+                 progress: bool = False, template: str = PROMPT_TEMPLATE) -> tuple[dict, list[dict]]:
     """(metrics, per-question records) of one set."""
-    reqs = build_requests(mcq_set.questions, tokenizer, seq_length)
+    reqs = build_requests(mcq_set.questions, tokenizer, seq_length, template)
     lls = loglikelihoods(model, reqs, tokenizer.pad, batch_size, bf16, progress, desc=mcq_set.name)
     scored = score_questions(mcq_set.questions, reqs, lls)
     metrics = {"name": mcq_set.name, "role": mcq_set.role, "description": mcq_set.description,

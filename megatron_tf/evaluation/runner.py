@@ -28,6 +28,7 @@ from megatron_tf.utils.io import atomic_write
 
 from .domain_loss import evaluate_documents
 from .eval_sets import MEDMCQA_EXCLUDED_SUBJECTS, MMLU_BIOLOGY_SUBJECTS, MMLU_MEDICAL_SUBJECTS, build_mcq_sets
+from .labels import filter_labels_from_configs, privileged, set_labels
 from .mcq import DELIMITER, PROMPT_TEMPLATE, evaluate_mcq
 from .scoring import model_device
 from .text_sets import TextSetSpec, iter_set_documents, open_text_set
@@ -53,12 +54,25 @@ class EvaluationConfig:
     forget_threshold: float | None = field(default=None, metadata=opt(
         "Forget-label threshold for the token-level loss (default: a bit-mask sidecar's own threshold, else 0.5)."))
     forget_sidecar_name: str = field(default="forget", metadata=opt(
-        "Annotation name N of the sidecars P.N.tokscores / P.N.tokmask beside indexed text sets."))
+        "Annotation name N of the sidecars P.N.tokscores / P.N.tokmask beside indexed text sets (used when present; "
+        "--eval-labels makes it required)."))
+    eval_labels: str | None = field(default=None, metadata=opt(
+        "Annotation name N whose sidecars label tokens for the token-level metrics (instead of "
+        "--forget-sidecar-name); every text set path must then be an indexed prefix with P.N.tokmask or "
+        "P.N.tokscores. Use labels other than the filter's (e.g. the other --terms-split half) for a "
+        "non-privileged token-level metric.", metavar="NAME"))
     use_sidecars: bool = field(default=True, metadata=opt(
         "Take forget labels of indexed text sets from their sidecars when present."))
     blocklist: str | None = field(default=None, metadata=opt(
         "Blocklist terms file: label tokens on the fly (megatron_tf.labeling.BlocklistLabeler) where no sidecar "
         "gives labels, e.g. data/demo/medical_terms.txt."))
+    blocklist_terms_split: str | None = field(default=None, metadata=opt(
+        "On-the-fly --blocklist labels with part K of N of the terms (as tools/annotate.py --terms-split).",
+        metavar="K/N"))
+    blocklist_split_seed: int = field(default=0, metadata=opt("Seed of --blocklist-terms-split."))
+    knowledge: str | None = field(default=None, metadata=opt(
+        "Knowledge probe test file (tools/make_knowledge_probe.py DIR/test.jsonl): cloze accuracy per domain.",
+        metavar="FILE"))
     mmlu: str | None = field(default=None, metadata=opt("MMLU JSONL (subject, question, choices, answer)."))
     medqa: str | None = field(default=None, metadata=opt("MedQA JSONL (question, options, answer_idx)."))
     medmcqa: str | None = field(default=None, metadata=opt("MedMCQA JSONL (subject, question, options, answer_idx)."))
@@ -85,6 +99,19 @@ class EvaluationConfig:
             raise ValueError(f"--eval-micro-batch-size must be >= 1, got {self.eval_micro_batch_size}")
         if self.forget_threshold is not None and not 0.0 < self.forget_threshold <= 1.0:
             raise ValueError(f"--forget-threshold must be in (0, 1], got {self.forget_threshold}")
+        if self.eval_labels is not None and not self.eval_labels.strip():
+            raise ValueError("--eval-labels needs an annotation name, got an empty string")
+        if self.blocklist_terms_split is not None:
+            from megatron_tf.labeling.blocklist import parse_terms_split
+
+            parse_terms_split(self.blocklist_terms_split, "--blocklist-terms-split")
+            if not self.blocklist:
+                raise ValueError("--blocklist-terms-split needs --blocklist FILE")
+
+    @property
+    def labels_name(self) -> str:
+        """The annotation name the token-level metrics read: --eval-labels, else --forget-sidecar-name."""
+        return self.eval_labels or self.forget_sidecar_name
 
     def text_sets(self) -> list[TextSetSpec]:
         return [TextSetSpec(role, role, list(paths)) for role, paths in
@@ -105,7 +132,10 @@ _META_KEYS = {
     "tokens_seen": ("tokens_seen", "consumed_tokens", "seen_tokens", "consumed_train_tokens"),
     "tokens_learned": ("tokens_learned", "learned_tokens", "consumed_learned_tokens"),
     "iteration": ("iteration",),
+    "train_tokens_count": ("train_tokens_count",),
 }
+TRAIN_FLOPS_CONVENTION = ("6 * n_params * tokens_seen; n_params = all parameters including embeddings and the "
+                          "output layer (model.n_params), tokens_seen = input tokens processed in training")
 
 
 def _find(obj, names: tuple[str, ...], depth: int = 4):
@@ -142,19 +172,33 @@ def _labeler(cfg: EvaluationConfig, tokenizer):
         return None
     from megatron_tf.labeling.blocklist import BlocklistLabeler
 
-    return BlocklistLabeler.from_file(cfg.blocklist, tokenizer)
+    return BlocklistLabeler.from_file(cfg.blocklist, tokenizer, terms_split=cfg.blocklist_terms_split,
+                                      split_seed=cfg.blocklist_split_seed)
+
+
+_NOT_GIVEN = object()
 
 
 def evaluate_model(model: torch.nn.Module, tokenizer, cfg: EvaluationConfig, *, seq_length: int,
-                   run: dict | None = None, progress: bool = False, predictions: bool = False) -> dict:
+                   run: dict | None = None, progress: bool = False, predictions: bool = False,
+                   train_configs=None, filter_labels=_NOT_GIVEN) -> dict:
     """All configured evaluations of one model (module docstring). `run`: metadata copied into the result (name,
     arm, size, tokens_seen, tokens_learned, checkpoint, ...). With predictions=True, per-question records are
-    kept under result["predictions"][set]."""
+    kept under result["predictions"][set]. `train_configs`: the evaluated run's saved configs
+    (load_model_from_checkpoint's second value), from which the filter's labels are read
+    (labels.filter_labels_from_configs); or give `filter_labels` directly (a labels record, None: no filter).
+    Without either, result["labels"]["filter_labels"] is None and "filter_labels_from" says "not given"."""
     t0 = time.time()
     run = dict(run or {})
     result: dict = {"format": FORMAT, "run": run}
     if getattr(model, "config", None) is not None:
         result["model"] = model_info(model.config)
+        if run.get("tokens_seen") is not None and run.get("train_flops") is None:
+            run["train_flops"] = 6.0 * result["model"]["n_params"] * float(run["tokens_seen"])
+            run["train_flops_convention"] = TRAIN_FLOPS_CONVENTION
+    if train_configs is not None and run.get("train_tokens_count") is None:
+        # which count the run's --train-tokens budget matched; checkpoints older than the flag matched learned tokens
+        run["train_tokens_count"] = run_metadata_from_configs(train_configs).get("train_tokens_count", "learned")
     result["tokenizer"] = tokenizer.describe()
     device = model_device(model)
     result["settings"] = {
@@ -166,21 +210,38 @@ def evaluate_model(model: torch.nn.Module, tokenizer, cfg: EvaluationConfig, *, 
         "acc_norm": "log-likelihood / characters of the answer text (lm-eval acc_norm)",
         "config": asdict(cfg)}
     labeler = _labeler(cfg, tokenizer)
+    if filter_labels is _NOT_GIVEN:
+        filt, filt_from = (filter_labels_from_configs(train_configs), "train_configs") if train_configs is not None \
+            else (None, "not given")
+    else:
+        filt, filt_from = filter_labels, "argument"
+    result["labels"] = {"filter_labels": filt, "filter_labels_from": filt_from, "eval_labels": None,
+                        "privileged": False}
+    set_recs: dict[str, dict | None] = {}
+    set_priv: dict[str, bool | None] = {}
     result["loss"] = {}
     for spec in cfg.text_sets():
         sources = open_text_set(spec, tokenizer, labeler=labeler, threshold=cfg.forget_threshold,
-                                sidecar_name=cfg.forget_sidecar_name, use_sidecar=cfg.use_sidecars,
-                                append_eod=cfg.append_eod)
+                                sidecar_name=cfg.labels_name, use_sidecar=cfg.use_sidecars,
+                                append_eod=cfg.append_eod, require_sidecar=cfg.eval_labels is not None)
         metrics = evaluate_documents(model, iter_set_documents(sources, cfg.limit), seq_length=seq_length,
                                      start_id=tokenizer.eod, pad_id=tokenizer.pad, stride=cfg.eval_stride,
                                      batch_size=cfg.eval_micro_batch_size, bf16=cfg.bf16, progress=progress,
                                      desc=f"loss {spec.name}")
+        per_doc = metrics.pop("per_document")
         entry = {"name": spec.name, "role": spec.role, "paths": spec.paths, **metrics,
                  "labels": [s.labels for s in sources] if sources[0].labels is not None else None}
         sel = TOKEN_LEVEL_SELECTION[spec.role]
+        doc_arrays = {"tokens": per_doc["tokens"], "nats": per_doc["nats"]}
         if sel in metrics:
-            entry["token_level"] = {"selection": sel.removesuffix("_tokens"), **metrics[sel]}
+            rec = set_recs[spec.name] = set_labels(sources, cfg.labels_name)
+            priv = set_priv[spec.name] = None if filt_from == "not given" else privileged(filt, rec)
+            entry["token_level"] = {"selection": sel.removesuffix("_tokens"), **metrics[sel], "privileged": priv,
+                                    "eval_labels": rec}
+            doc_arrays.update(token_level_tokens=per_doc[sel], token_level_nats=per_doc[sel.replace("tokens", "nats")])
+        entry["per_document"] = doc_arrays
         result["loss"][spec.name] = entry
+    _eval_labels_summary(result["labels"], set_recs, set_priv)
     result["mcq"] = {}
     preds = {}
     mcq_sets = build_mcq_sets(cfg.mmlu, cfg.medqa, cfg.medmcqa, mmlu_forget_subjects=cfg.mmlu_forget_subjects,
@@ -195,10 +256,28 @@ def evaluate_model(model: torch.nn.Module, tokenizer, cfg: EvaluationConfig, *, 
             preds[s.name] = scored
     if predictions:
         result["predictions"] = preds
+    if cfg.knowledge:
+        from .knowledge import evaluate_knowledge
+
+        result["knowledge"] = evaluate_knowledge(model, tokenizer, cfg.knowledge, seq_length=seq_length,
+                                                 batch_size=cfg.eval_micro_batch_size, bf16=cfg.bf16,
+                                                 progress=progress)
     result["elapsed_s"] = round(time.time() - t0, 3)
     result["host"] = {"python": platform.python_version(), "torch": torch.__version__, "machine": platform.node()}
     result["summary"] = summary_line(result)
     return result
+
+
+def _eval_labels_summary(labels: dict, per_set: dict[str, dict | None], priv: dict[str, bool | None]) -> None:
+    """result["labels"]: eval_labels is the record every token-level metric shares (labeler "mixed" with the records
+    under per_set when sets differ); privileged is true when any token-level metric is, None when unknown."""
+    recs = [r for r in per_set.values() if r is not None]
+    if recs and all(r == recs[0] for r in recs):
+        labels["eval_labels"] = recs[0]
+    elif recs:
+        labels["eval_labels"] = {"name": recs[0].get("name"), "labeler": "mixed", "spec": None, "per_set": per_set}
+    vals = list(priv.values())
+    labels["privileged"] = True if any(v is True for v in vals) else (None if None in vals else False)
 
 
 def _fmt(v, digits=3):
@@ -213,8 +292,9 @@ def summary_line(result: dict) -> str:
     parts = []
     for k, v in result.get("loss", {}).items():
         tl = v.get("token_level")
-        parts.append(f"{k} {_fmt(v['nats_per_token'])}" + (f" ({tl['selection']} {_fmt(tl['nats_per_token'])})"
-                                                           if tl else ""))
+        mark = " privileged" if tl and tl.get("privileged") else ""
+        parts.append(f"{k} {_fmt(v['nats_per_token'])}" + (
+            f" ({tl['selection']} {_fmt(tl['nats_per_token'])}{mark})" if tl else ""))
     accs = [f"{k} {_fmt(v['acc'])}/{_fmt(v['acc_norm'])}" for k, v in result.get("mcq", {}).items()]
     out = head
     if parts:

@@ -14,6 +14,8 @@ Forget labels, per path (docs/evaluation.md):
 - otherwise, when a labeler is given (e.g. megatron_tf.labeling.BlocklistLabeler.from_file(terms, tokenizer)):
   flags = labeler scores >= threshold (None: 0.5), computed on the fly on the same token ids;
 - otherwise no labels. A set whose paths are only partly labeled is refused (the token-level loss would mix rules).
+With `require_sidecar` (tools/evaluate.py --eval-labels NAME) every path must be an indexed prefix with annotation
+NAME; a missing one is an error naming the flag, the value and the files looked for.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import numpy as np
 
 from megatron_tf.data.filters import open_forget_flags
 from megatron_tf.data.indexed_dataset import IndexedDataset, data_file_path, index_file_path
-from megatron_tf.data.sidecar import KIND_TOKEN_SCORES, sidecar_path
+from megatron_tf.data.sidecar import KIND_TOKEN_MASK, KIND_TOKEN_SCORES, sidecar_path
 from megatron_tf.utils.jsonl import iter_texts
 
 DEFAULT_THRESHOLD = 0.5
@@ -106,7 +108,7 @@ class TextSource:
 
     def __init__(self, path: str, tokenizer, *, labeler=None, threshold: float | None = None,
                  sidecar_name: str = "forget", use_sidecar: bool = True, append_eod: bool = True,
-                 key: str = "text"):
+                 key: str = "text", require_sidecar: bool = False):
         self.path, self.tokenizer, self.labeler = path, tokenizer, labeler
         self.append_eod, self.key = append_eod, key
         self.byte_lengths = token_byte_lengths(tokenizer)
@@ -115,7 +117,9 @@ class TextSource:
         if is_indexed_prefix(path):
             self.kind = "indexed"
             self.dataset = IndexedDataset(path)
-            if use_sidecar:
+            if require_sidecar:
+                _check_annotation(path, sidecar_name)
+            if use_sidecar or require_sidecar:
                 fp = self.dataset.fingerprint()
                 self.flags_src = open_forget_flags(self.dataset, fp, sidecar_name, threshold, required=False)
                 if self.flags_src is None and threshold is None and os.path.isfile(
@@ -123,6 +127,12 @@ class TextSource:
                     self.flags_src = open_forget_flags(self.dataset, fp, sidecar_name, DEFAULT_THRESHOLD, True)
         elif os.path.isfile(path):
             self.kind = "jsonl"
+            if require_sidecar:
+                raise FileNotFoundError(
+                    f"--eval-labels {sidecar_name}: {path} is a JSON Lines file; annotations (sidecars "
+                    f"P.{sidecar_name}.tokmask / P.{sidecar_name}.tokscores) exist only beside indexed datasets: "
+                    "preprocess it (tools/preprocess_data.py) and annotate it (tools/annotate.py --name "
+                    f"{sidecar_name}), or label it on the fly with --blocklist instead of --eval-labels")
         else:
             raise FileNotFoundError(f"text set path not found: {path} (expected a JSONL file or an indexed dataset "
                                     f"prefix with {index_file_path(path)} and {data_file_path(path)})")
@@ -140,6 +150,14 @@ class TextSource:
             return _indexed_documents(self.dataset, self.flags_src, self.labeler, self.threshold, self.byte_lengths)
         return _jsonl_documents(self.path, self.tokenizer, self.labeler, self.threshold, self.append_eod, self.key,
                                 self.byte_lengths)
+
+
+def _check_annotation(prefix: str, name: str) -> None:
+    looked = [sidecar_path(prefix, k, name) for k in (KIND_TOKEN_MASK, KIND_TOKEN_SCORES)]
+    if not any(os.path.isfile(p) for p in looked):
+        raise FileNotFoundError(f"--eval-labels {name}: no annotation {name!r} for the text set prefix {prefix}: "
+                                f"looked for {looked[0]} and {looked[1]} (make it with tools/annotate.py "
+                                f"--data-prefix {prefix} --name {name})")
 
 
 def open_text_set(spec: TextSetSpec, tokenizer, **kw) -> list[TextSource]:

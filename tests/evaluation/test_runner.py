@@ -33,8 +33,15 @@ def test_token_level_selection_and_outputs(tmp_path):
     f, r = res["loss"]["forget"], res["loss"]["retain"]
     assert f["tokens"] == r["tokens"] == 5 + 1 + 8 + 1  # with the appended eod
     assert f["forget_tokens"]["tokens"] == 3 and f["unlabeled_tokens"]["tokens"] == 12
-    assert f["token_level"] == {"selection": "forget", **f["forget_tokens"]}
-    assert r["token_level"] == {"selection": "unlabeled", **r["unlabeled_tokens"]}
+    def strip(tl):
+        return {k: v for k, v in tl.items() if k not in ("privileged", "eval_labels")}
+
+    assert strip(f["token_level"]) == {"selection": "forget", **f["forget_tokens"]}
+    assert strip(r["token_level"]) == {"selection": "unlabeled", **r["unlabeled_tokens"]}
+    # no training configs given: the filter's labels are unknown, so is privileged
+    assert f["token_level"]["privileged"] is None and res["labels"]["privileged"] is None
+    assert res["labels"]["filter_labels_from"] == "not given"
+    assert res["labels"]["eval_labels"]["labeler"] == "blocklist" and res["labels"]["eval_labels"]["name"] is None
     assert f["nats_per_token"] == pytest.approx(r["nats_per_token"], rel=1e-12)  # same texts
     assert res["model"]["n_params_non_embedding"] < res["model"]["n_params"]
     assert res["settings"]["seq_length"] == 6 and res["settings"]["eval_stride"] == 4

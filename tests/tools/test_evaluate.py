@@ -62,7 +62,17 @@ def test_evaluate_tool(inputs, monkeypatch, capsys):
     ref = evaluate_model(_model(), demo_tokenizer(), cfg, seq_length=24)
     for name in ("forget", "retain"):
         assert res["loss"][name]["nats_per_token"] == ref["loss"][name]["nats_per_token"]
-    assert res["loss"]["forget"]["token_level"] == ref["loss"]["forget"]["token_level"]
+    tl, ref_tl = res["loss"]["forget"]["token_level"], ref["loss"]["forget"]["token_level"]
+    assert {**tl, "privileged": None} == ref_tl and ref_tl["privileged"] is None  # ref: no training configs given
+    # the checkpoint's configs say --token-filter mask with annotation "forget", whose sidecars are not found: the
+    # on-the-fly --blocklist labels cannot be compared with it -> unknown
+    assert res["labels"]["filter_labels"]["name"] == "forget" and res["labels"]["filter_labels"]["labeler"] is None
+    assert res["labels"]["filter_labels_from"] == "train_configs" and tl["privileged"] is None
+    # SCHEMA run fields: training FLOPs (6 N D, N all parameters, D tokens seen) and the matched count
+    assert res["run"]["train_flops"] == 6.0 * res["model"]["n_params"] * 1000
+    assert res["run"]["train_tokens_count"] == "learned"  # absent from these configs: the old default
+    pd = res["loss"]["forget"]["per_document"]
+    assert len(pd["tokens"]) == 2 and sum(pd["token_level_tokens"]) == tl["tokens"]
     assert res["mcq"] == ref["mcq"]
     rows = list(csv.DictReader(open(t / "out" / "summary.csv")))
     assert {r["set"] for r in rows} == {"forget", "retain", "mmlu_medical", "mmlu_biology", "mmlu_other"}
@@ -85,3 +95,21 @@ def test_run_name_and_loader_errors(tmp_path):
         evaluate_tool.load_checkpoint(str(tmp_path / "no_such_checkpoint"))
     with pytest.raises(SystemExit):
         evaluate_tool.parse_args(["--load", "a", "b", "--output-dir", "o", "--run-name", "x"])
+
+
+def test_eval_labels_that_do_not_exist_exit_2(inputs, monkeypatch, capsys):
+    import numpy as np
+
+    from megatron_tf.data.indexed_dataset import write_dataset
+
+    t = inputs
+    tok = demo_tokenizer()
+    prefix = str(t / "held_text_document")
+    write_dataset(prefix, [tok.tokenize("The patient had a fever.") + [tok.eod]], dtype=np.uint16)
+    monkeypatch.setattr(evaluate_tool, "load_checkpoint", lambda path, device: (_model(), CONFIGS, tok, STATE))
+    argv = ["--load", str(t / "ckpt" / "run7"), "--output-dir", str(t / "out2"), "--forget-text", prefix,
+            "--eval-labels", "heldout_half", "--no-progress"]
+    assert evaluate_tool.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--eval-labels heldout_half" in err and f"{prefix}.heldout_half.tokmask" in err
+    assert f"{prefix}.heldout_half.tokscores" in err
