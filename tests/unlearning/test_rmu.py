@@ -1,10 +1,13 @@
-"""RMU: only the named tensors move, the forget loss falls, padding contributes nothing."""
+"""RMU: the loss equals the formula on hand-built activations (a model whose layers add nothing, so the residual is
+the embedding we chose), forget activations move onto c*u (direction and length), only the named tensors move,
+padding contributes nothing."""
 
 import copy
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from megatron_tf.attacks.sets import Row, pad_rows
 from megatron_tf.model.config import ModelConfig
@@ -66,17 +69,80 @@ def test_layer_selection_by_name_and_errors():
         RMUConfig(layer_id=2).resolve_layers(2)
 
 
-def test_forget_loss_falls_and_retain_stays_small():
+def _residuals(model, rows_, layer_id):
+    """Layer-l residual of every non-padding token (read with a forward hook, not with rmu.layer_output), float64."""
+    ids, w = pad_rows(rows_, PAD)
+    seen = {}
+    h = model.decoder.layers[str(layer_id)].register_forward_hook(lambda m, i, o: seen.setdefault("x", o))
+    with torch.no_grad():
+        model(input_ids=ids)
+    h.remove()
+    return seen["x"].transpose(0, 1).double()[w.bool()]
+
+
+def _u(hidden, seed):
+    """The reference's u (WMDP rmu/unlearn.py): torch.rand(hidden) / its norm, drawn here in float64."""
+    u = torch.rand(hidden, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    return u / u.norm()
+
+
+def test_forget_activations_move_onto_c_u_and_retain_stays_small():
     torch.manual_seed(0)
     model = tiny_model()
+    forget, retain = rows(1, 16, 0, 30), rows(2, 16, 30, 60)
     cfg = RMUConfig(layer_id=2, train_iters=60, micro_batch_size=4, lr=3e-3, alpha=10.0,
                     steering_coeff_scale=4.0, calibration_batches=2)
-    res = run_rmu(model, rows(1, 16, 0, 30), rows(2, 16, 30, 60), cfg, PAD, progress=False)
-    first = np.mean([h["forget_loss"] for h in res.history[:5]])
-    last = np.mean([h["forget_loss"] for h in res.history[-5:]])
+    h0 = _residuals(model, forget, 2)
+    res = run_rmu(model, forget, retain, cfg, PAD, progress=False)
+    h1 = _residuals(model, forget, 2)
+    c, u = res.steering_coeff, _u(32, cfg.seed)
     assert res.activation_norm is not None and res.steering_coeff == pytest.approx(4.0 * res.activation_norm)
-    assert last < 0.5 * first, (first, last)
+    assert c == pytest.approx(4.0 * float(_residuals(copy.deepcopy(tiny_model()), forget, 2).norm(dim=-1).mean()),
+                              rel=0.05)  # calibration batches are a sample of the forget rows
+    cos0, cos1 = (F.cosine_similarity(h, u[None], dim=-1).mean().item() for h in (h0, h1))
+    d0, d1 = ((h - c * u).norm(dim=-1).mean().item() for h in (h0, h1))
+    assert cos0 < 0.5 < 0.85 < cos1, (cos0, cos1)  # the direction turns onto u
+    assert d1 < 0.6 * d0, (d0, d1)  # and the activations approach c*u, not merely shrink or grow
+    assert float((h0 @ u).mean()) < 0.1 * c < 0.5 * c < float((h1 @ u).mean())  # measured 0.61 c after 60 steps
+    first = np.mean([h["forget_loss"] for h in res.history[:5]])
     assert res.history[-1]["retain_loss"] < 0.1 * first
+
+
+def _identity_layers_model(seed=0):
+    """Attention and MLP outputs zeroed: every layer adds 0, so the residual after any layer is the embedding."""
+    model = tiny_model(seed=seed)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if ".linear_proj." in n or ".linear_fc2." in n:
+                p.zero_()
+        emb = model.embedding.word_embeddings.weight
+        g = torch.Generator().manual_seed(3)
+        emb.copy_(torch.randint(-3, 4, emb.shape, generator=g).float() / 4)  # hand-built: multiples of 1/4
+    return model
+
+
+def test_first_step_loss_equals_formula_on_hand_built_activations():
+    model = _identity_layers_model()
+    forget, retain = rows(1, 3, 0, 30), rows(2, 3, 30, 60)
+    c = 2.5
+    cfg = RMUConfig(layer_id=1, train_iters=2, micro_batch_size=3, lr=1e-2, alpha=7.0, steering_coeff=c)
+    emb = model.embedding.word_embeddings.weight.detach().double().clone()
+    u = _u(32, cfg.seed)
+    # L_forget = sum over forget tokens with weight 1 of ||e_tok - c u||^2 / (n * hidden); the start token (weight
+    # 0) and the padding count for nothing. The batch holds all 3 rows (order does not matter to the sum).
+    toks = [t for r in forget for t, w in zip(r.ids, r.weights) if w == 1.0]
+    expect = sum(float(((emb[t] - c * u) ** 2).sum()) for t in toks) / (len(toks) * 32)
+    assert torch.equal(_residuals(model, forget, 1), emb[toks])  # the residual really is the chosen embedding
+    res = run_rmu(model, forget, retain, cfg, PAD, progress=False)
+    h = res.history[0]
+    assert h["forget_loss"] == pytest.approx(expect, rel=1e-6)
+    assert h["retain_loss"] == 0.0  # the model equals its frozen copy before the first update
+    assert h["loss"] == pytest.approx(expect, rel=1e-6)
+    # second step: the retain term now counts, weighted by alpha
+    h2 = res.history[1]
+    assert h2["retain_loss"] > 0 and h2["loss"] == pytest.approx(h2["forget_loss"] + 7.0 * h2["retain_loss"], rel=1e-6)
+    # a zero target would give sum ||e||^2 / (n * hidden): a different number on these activations
+    assert abs(sum(float((emb[t] ** 2).sum()) for t in toks) / (len(toks) * 32) - expect) > 0.1
 
 
 def test_masked_mse_matches_float64_reference():
