@@ -9,10 +9,13 @@ Other trainer configs sit next to what they configure: OptimizerConfig (optimize
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from megatron_tf.config.cli import opt
 from megatron_tf.tokenizer.tokenizer import TOKENIZER_TYPES
+
+TRAIN_TOKEN_COUNTS = ("learned", "seen")
 
 
 @dataclass
@@ -27,8 +30,13 @@ class TrainingConfig:
     train_iters: int | None = field(default=None, metadata=opt(
         "Optimizer steps to run. With --train-tokens too, the run stops at whichever is reached first."))
     train_tokens: int | None = field(default=None, metadata=opt(
-        "Stop when this many LEARNED tokens (unmasked target tokens, summed over all ranks) have been trained on, "
-        "so filtered arms learn as many tokens as the baseline. The LR schedule then runs on learned tokens."))
+        "Stop when this many tokens have been trained on, counted as --train-tokens-count says (default: LEARNED "
+        "tokens, the unmasked target tokens summed over all ranks, so filtered arms learn as many tokens as the "
+        "baseline). The LR schedule then runs on that count."))
+    train_tokens_count: str = field(default="learned", metadata=opt(
+        "What --train-tokens counts: learned (unmasked target tokens: a mask/remove arm runs more steps and sees "
+        "more tokens than the baseline) or seen (every input token, global batch x seq length per step: every arm "
+        "gets the same steps and compute).", choices=TRAIN_TOKEN_COUNTS))
     exit_interval: int | None = field(default=None, metadata=opt(
         "Exit (after saving a checkpoint) once the iteration is a multiple of this value."))
     seed: int = field(default=1234, metadata=opt(
@@ -60,8 +68,21 @@ class TrainingConfig:
                 bad(f"--{name.replace('_', '-')} must be >= 1, got {v}")
         if self.train_iters is None and self.train_tokens is None:
             bad("give --train-iters or --train-tokens")
+        if self.train_tokens_count not in TRAIN_TOKEN_COUNTS:
+            bad(f"--train-tokens-count must be one of {TRAIN_TOKEN_COUNTS}, got {self.train_tokens_count!r}")
         if not 0.0 <= self.label_smoothing < 1.0:
             bad(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
+
+    def token_budget_samples(self, gbs: int, learned_fraction) -> int:
+        """Train samples to build for --train-tokens: seen tokens give the step count exactly (ceil(budget / (gbs x
+        seq_length)) steps); learned tokens an estimate, 10% + one step over budget / (gbs x seq_length x f), where
+        f = learned_fraction(probe samples) is measured on the data (the build is cut to the data's length)."""
+        per_step = gbs * self.seq_length
+        steps = math.ceil(self.train_tokens / per_step)
+        if self.train_tokens_count == "seen":
+            return steps * gbs
+        keep = learned_fraction(steps * gbs)
+        return (math.ceil(self.train_tokens / (per_step * keep) * 1.1) + 1) * gbs
 
     def num_microbatches(self, dp_size: int) -> int:
         gbs = self.global_batch_size or self.micro_batch_size * dp_size

@@ -11,14 +11,14 @@ One optimizer step (`Trainer.train_step`):
     DDP's reducer would fire on the wrong microbatch; DeepSpeed in engine.step());
  5. global gradient norm over TP x PP, clip, set the LR, AdamW step.
 Host synchronisation: none per step in iteration mode (losses, counts and norms stay on the device until a log,
-eval or save point); one scalar per step with --train-tokens (the learned count decides when to stop).
+eval or save point); one scalar per step with --train-tokens counting learned tokens (the learned count decides when
+to stop); none with --train-tokens-count seen (global batch x seq length per step, known on the host).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 import os
 import signal
 import time
@@ -249,23 +249,9 @@ class Trainer:
         if t.train_iters is not None:
             need = t.train_iters * self.gbs
             n = saved if saved is not None and saved >= need else need
-            ds = self._build(n)
-        elif saved is not None:
-            n = saved
-            ds = self._build(n)
-        else:  # token mode: estimate the samples needed from the learned fraction of the first samples
-            per_iter = self.gbs * t.seq_length
-            n0 = math.ceil(t.train_tokens / per_iter) * self.gbs
-            probe = self._build(n0).train
-            k = min(len(probe), 512)
-            keep = float(sum(float(probe[i]["loss_mask"].sum()) for i in range(k))) / (k * t.seq_length)
-            if keep <= 0:
-                raise ValueError(f"--train-tokens: the first {k} training samples have no learned tokens "
-                                 "(everything is masked)")
-            n = (math.ceil(t.train_tokens / (per_iter * keep) * 1.1) + 1) * self.gbs
-            log.info("--train-tokens %d: learned fraction %.4f on %d samples -> building %d samples", t.train_tokens,
-                     keep, k, n)
-            ds = self._build(n)
+        else:
+            n = saved if saved is not None else t.token_budget_samples(self.gbs, self._learned_fraction)
+        ds = self._build(n)
         if ds.train is None:
             raise ValueError("no training data: check --data-path / --split / --train-data-path")
         self.train_samples = min(n, len(ds.train))
@@ -274,8 +260,22 @@ class Trainer:
         if ds.valid is not None and self.cfgs.eval.eval_iters > 0:
             self.eval_sets["valid"] = ds.valid
         if self.cfgs.eval.eval_iters > 0:
-            self.eval_sets.update(build_eval_datasets(self.cfgs.eval, self.cfgs.data, self.cfgs.filter, self.tokenizer,
+            fcfg = self.cfgs.filter  # the named sets' forget flags at the threshold --token-filter-fraction picked
+            fcfg = fcfg if fcfg.token_filter_fraction is None else dataclasses.replace(
+                fcfg, token_filter_fraction=None, forget_threshold=ds.stats["filter"]["forget_threshold"])
+            self.eval_sets.update(build_eval_datasets(self.cfgs.eval, self.cfgs.data, fcfg, self.tokenizer,
                                                       self.groups.rank, self._barrier_fn()))
+
+    def _learned_fraction(self, probe_samples: int) -> float:
+        """Learned tokens / seen tokens over the first (at most 512) of `probe_samples` training samples."""
+        probe = self._build(probe_samples).train
+        k = min(len(probe), 512)
+        keep = float(sum(float(probe[i]["loss_mask"].sum()) for i in range(k))) / (k * self.cfgs.training.seq_length)
+        if keep <= 0:
+            raise ValueError(f"--train-tokens: the first {k} training samples have no learned tokens (everything is "
+                             "masked)")
+        log.info("--train-tokens: learned fraction %.4f on the first %d samples", keep, k)
+        return keep
 
     def _to_device(self, b: dict) -> dict:
         nb = self.device.type == "cuda"
@@ -450,7 +450,7 @@ class Trainer:
         tm = cfgs["tokenizer"].get("tokenizer_model")
         if tm and os.path.exists(tm):
             cfgs["tokenizer"]["tokenizer_model"] = os.path.abspath(tm)
-        return {"configs": cfgs,
+        return {"configs": cfgs, "dataset_stats": self.datasets.stats,
                 "parallel": {"tensor_model_parallel_size": g.tp_size, "pipeline_model_parallel_size": g.pp_size,
                              "data_parallel_size": g.dp_size, "world_size": g.world_size},
                 "padded_vocab_size": self.module.padded_vocab_size, "tokenizer": self.tokenizer.describe(),
@@ -486,9 +486,13 @@ class Trainer:
         else:
             print(msg, flush=True)
 
+    @property
+    def tokens_counted(self) -> int:  # what --train-tokens budgets (--train-tokens-count): learned or seen
+        return self.tokens_seen if self.cfgs.training.train_tokens_count == "seen" else self.tokens_learned
+
     def _done(self) -> str | None:
         t = self.cfgs.training
-        if t.train_tokens is not None and self.tokens_learned >= t.train_tokens:
+        if t.train_tokens is not None and self.tokens_counted >= t.train_tokens:
             return "train_tokens"
         if t.train_iters is not None and self.iteration >= t.train_iters:
             return "train_iters"
@@ -497,18 +501,19 @@ class Trainer:
     def train(self) -> TrainResult:
         t, cfgs, g = self.cfgs.training, self.cfgs, self.groups
         token_mode = t.train_tokens is not None
+        sync_each_step = token_mode and t.train_tokens_count == "learned"
         result = TrainResult(self.iteration, self.consumed_samples, self.tokens_seen, self.tokens_learned, "",
                              save_dir=cfgs.checkpoint.save)
         show = g.rank == 0 and cfgs.logging.progress_bar
         self.bar = progress_bar(t.train_tokens if token_mode else t.train_iters, "tok" if token_mode else "it",
-                                show, self.tokens_learned if token_mode else self.iteration)
+                                show, self.tokens_counted if token_mode else self.iteration)
         pending: list[tuple[int, float, torch.Tensor]] = []
         interval_start, interval_steps, paused = time.perf_counter(), 0, 0.0
         stopped = self._done()
         save_every, eval_every = cfgs.checkpoint.save_interval, cfgs.eval.eval_interval
         try:
             while stopped is None:
-                progress = self.tokens_learned if token_mode else self.iteration
+                progress = self.tokens_counted if token_mode else self.iteration
                 lr = self.lr_schedule(progress)
                 batches = self.next_batches()
                 stats = self.train_step(batches, lr)
@@ -518,11 +523,11 @@ class Trainer:
                 self.tokens_seen += self.gbs * t.seq_length
                 pending.append((self.iteration, lr, stats))
                 interval_steps += 1
-                if token_mode:  # one scalar to the host per step: the learned count decides when to stop
+                if sync_each_step:  # one scalar to the host per step: the learned count decides when to stop
                     self._flush(pending, result)
                     pending = []
                 elif self.bar is not None:
-                    self.bar.update(1)
+                    self.bar.update(self.gbs * t.seq_length if token_mode else 1)
                 stopped = self._done()
                 if t.exit_interval and self.iteration % t.exit_interval == 0 and stopped is None:
                     stopped = "exit_interval"
@@ -569,7 +574,8 @@ class Trainer:
             result.lrs.append(lr)
             result.grad_norms.append(gnorm)
             result.learned_per_step.append(learned)
-            if self.bar is not None and self.cfgs.training.train_tokens is not None:
+            if self.bar is not None and self.cfgs.training.train_tokens is not None and \
+                    self.cfgs.training.train_tokens_count == "learned":
                 self.bar.update(learned)
 
     def _log(self, result: TrainResult, steps: int, elapsed: float) -> None:

@@ -1,6 +1,11 @@
-"""LoRA: merged == unmerged outputs; only the adapters train; full finetuning touches everything."""
+"""LoRA: the adapted model equals an independently built one with W + (alpha / r) B A (float64, several alpha and
+r), merged == unmerged outputs, A ~ N(0, 1/r) and B = 0 at the start; only the adapters train; full finetuning
+touches everything."""
+
+import copy
 
 import numpy as np
+import pytest
 import torch
 
 from megatron_tf.attacks.finetune import FinetuneSettings, finetune_run, lm_loss
@@ -36,6 +41,44 @@ def test_merged_equals_unmerged():
     assert [n for n, _ in model.named_parameters()] == names_before
     with torch.no_grad():
         torch.testing.assert_close(model(input_ids=ids), unmerged, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(("rank", "alpha"), [(4, 8.0), (2, 3.0), (8, 1.0)])
+def test_alpha_over_rank_scaling_against_independent_weights(rank, alpha):
+    """Unmerged adapters and merge_lora both equal a base model whose target weights the test sets itself to
+    W + (alpha / r) B A, computed in float64 from the adapter tensors."""
+    model = tiny_model().double()
+    base = copy.deepcopy(model)
+    add_lora(model, rank=rank, alpha=alpha, seed=1)
+    g = torch.Generator().manual_seed(rank)
+    expected = {}
+    with torch.no_grad():
+        for n, mod in model.named_modules():
+            if hasattr(mod, "lora_A"):
+                assert torch.count_nonzero(mod.lora_B) == 0 and mod.lora_A.shape == (rank, mod.base.weight.shape[1])
+                mod.lora_B.copy_(torch.randn(mod.lora_B.shape, generator=g, dtype=torch.float64) * 0.2)
+                w = base.get_submodule(n).weight
+                expected[f"{n}.weight"] = w + (alpha / rank) * (mod.lora_B @ mod.lora_A)
+        ref = copy.deepcopy(base)
+        for name, w in expected.items():
+            ref.get_parameter(name).copy_(w)
+        ids = torch.randint(0, 60, (2, 9), generator=g)
+        want = ref(input_ids=ids)
+        torch.testing.assert_close(model(input_ids=ids), want, rtol=1e-10, atol=1e-10)  # unmerged
+        assert (want - base(input_ids=ids)).abs().max() > 1e-2
+        merge_lora(model)
+        for name, w in expected.items():
+            torch.testing.assert_close(model.get_parameter(name), w, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(model(input_ids=ids), want, rtol=1e-10, atol=1e-10)
+
+
+def test_a_initialised_with_variance_one_over_rank():
+    model = tiny_model()
+    add_lora(model, rank=16, alpha=16.0, seed=0)
+    a = torch.cat([p.detach().reshape(-1) for n, p in model.named_parameters() if n.endswith(".lora_A")])
+    assert a.numel() == 5120 and float(a.var()) == pytest.approx(1 / 16, rel=0.08)  # 4 sigma: var s.e. 2%
+    b = [p for n, p in model.named_parameters() if n.endswith(".lora_B")]
+    assert all(torch.count_nonzero(p) == 0 for p in b)
 
 
 def _null_tok():
