@@ -22,7 +22,10 @@ RoPE: both use rotate-half pairs (i, i + d/2) with theta_i = base^(-2i/d), so q/
 Vocabulary: the padded rows are dropped (HF logits = ours[..., :vocab_size]) unless keep_padded_vocab=True (then the
 softmax normalisation, and so the loss, equals ours exactly; the extra ids are never produced by the tokenizer).
 ReLU^2 or LayerNorm models are not Llama and are refused.
-The directory is written atomically: files go to a temporary sibling directory that is renamed into place.
+With the run's tokenizer the export is self-contained: tokenizer files (megatron_tf/tokenizer/hf_files.py),
+bos/eos/pad ids in config.json and generation_config.json. Non-finite weights are refused, naming the tensor.
+The directory is written atomically: files go to a temporary sibling directory that is renamed into place; an
+existing non-empty directory is replaced only with overwrite=True and only if it is an earlier export.
 """
 
 from __future__ import annotations
@@ -183,27 +186,82 @@ def to_llama_state_dict(state_dict: Mapping[str, torch.Tensor], config: ModelCon
     return out
 
 
+def check_finite(tensors: Mapping[str, torch.Tensor], what: str = "") -> None:
+    """ValueError naming the first tensor holding a NaN or an infinity (and how many it holds)."""
+    for name, t in tensors.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            n_nan, n_inf = int(torch.isnan(t).sum()), int(torch.isinf(t).sum())
+            raise ValueError(f"refusing to export: tensor {name!r}{what} holds {n_nan} NaN and {n_inf} infinite "
+                             f"values (of {t.numel()}); a diverged or corrupted checkpoint?")
+
+
+def check_output_dir(out_dir: str, overwrite: bool) -> None:
+    """An export goes into a missing or empty directory; over an existing export only with overwrite (a flat
+    directory holding config.json: never a checkpoint or any other directory with subdirectories)."""
+    if not os.path.exists(out_dir):
+        return
+    if not os.path.isdir(out_dir):
+        raise FileExistsError(f"export output {out_dir} exists and is not a directory")
+    entries = os.listdir(out_dir)
+    if not entries:
+        return
+    if not overwrite:
+        raise FileExistsError(f"export output {out_dir} exists and is not empty ({len(entries)} entries); pass "
+                              "--overwrite (overwrite=True) to replace an earlier export")
+    subdirs = [e for e in entries if os.path.isdir(os.path.join(out_dir, e))]
+    if "config.json" not in entries or subdirs:
+        raise FileExistsError(f"export output {out_dir} is not an earlier Hugging Face export (expected a flat "
+                              f"directory with config.json; found subdirectories {subdirs[:3]} or no config.json): "
+                              "refusing to replace it even with --overwrite")
+
+
+def generation_config_dict(bos_token_id: int | None, eos_token_id: int | None, pad_token_id: int | None) -> dict:
+    return {"_from_model_config": True, "bos_token_id": bos_token_id, "eos_token_id": eos_token_id,
+            "pad_token_id": pad_token_id}
+
+
+def _write_json(path: str, obj) -> None:
+    with open(path, "w", encoding="utf-8") as fh:
+        json.dump(obj, fh, indent=2, sort_keys=True)
+        fh.write("\n")
+
+
 def export_llama(state_dict: Mapping[str, torch.Tensor], config: ModelConfig, out_dir: str, *,
                  dtype: torch.dtype = torch.float32, keep_padded_vocab: bool = False, overwrite: bool = False,
                  max_position_embeddings: int | None = None, bos_token_id: int | None = None,
-                 eos_token_id: int | None = None, pad_token_id: int | None = None) -> str:
-    """Write `out_dir` (config.json, model.safetensors, megatron_tf_config.json) atomically; returns out_dir."""
+                 eos_token_id: int | None = None, pad_token_id: int | None = None, tokenizer=None) -> str:
+    """Write `out_dir` atomically: config.json, generation_config.json, model.safetensors, megatron_tf_config.json
+    and, given the run's `tokenizer` (megatron_tf.tokenizer.Tokenizer), its files (megatron_tf/tokenizer/hf_files.py);
+    the special token ids default to the tokenizer's (bos = eos = <|endoftext|>, pad = <|pad|>). Non-finite weights
+    (in the source or after the cast to `dtype`) are refused naming the tensor. Returns out_dir."""
     from safetensors.torch import save_file
 
+    from megatron_tf.tokenizer.hf_files import special_token_ids, write_hf_tokenizer_files
+
+    check_finite(state_dict)
+    if tokenizer is not None and tokenizer.vocab_size != config.vocab_size:
+        raise ValueError(f"export_llama: the tokenizer {tokenizer.path} has {tokenizer.vocab_size} tokens but the "
+                         f"model config's vocab_size is {config.vocab_size}: not the run's tokenizer")
     hf = to_llama_state_dict(state_dict, config, keep_padded_vocab)
+    ids = special_token_ids(tokenizer) if tokenizer is not None else {}
+    bos_token_id = ids.get("bos_token_id") if bos_token_id is None else bos_token_id
+    eos_token_id = ids.get("eos_token_id") if eos_token_id is None else eos_token_id
+    pad_token_id = ids.get("pad_token_id") if pad_token_id is None else pad_token_id
     vocab = hf["model.embed_tokens.weight"].shape[0]
     hf_config = llama_config_dict(config, vocab, dtype, max_position_embeddings, bos_token_id, eos_token_id,
                                   pad_token_id)
     out_dir = os.path.abspath(out_dir)
-    if os.path.exists(out_dir) and not overwrite:
-        raise FileExistsError(f"export_llama: {out_dir} exists (pass overwrite=True / --overwrite)")
+    check_output_dir(out_dir, overwrite)
+    tensors = {k: v.detach().to("cpu", dtype).contiguous().clone() for k, v in hf.items()}
+    check_finite(tensors, f" (after the cast to {str(dtype).removeprefix('torch.')})")
     with atomic_directory(out_dir) as tmp:
-        tensors = {k: v.detach().to("cpu", dtype).contiguous().clone() for k, v in hf.items()}
         save_file(tensors, os.path.join(tmp, HF_WEIGHTS_NAME), metadata={"format": "pt"})
-        for name, obj in (("config.json", hf_config), ("megatron_tf_config.json", config.to_dict())):
-            with open(os.path.join(tmp, name), "w", encoding="utf-8") as fh:
-                json.dump(obj, fh, indent=2, sort_keys=True)
-                fh.write("\n")
+        _write_json(os.path.join(tmp, "config.json"), hf_config)
+        _write_json(os.path.join(tmp, "generation_config.json"),
+                    generation_config_dict(bos_token_id, eos_token_id, pad_token_id))
+        _write_json(os.path.join(tmp, "megatron_tf_config.json"), config.to_dict())
+        if tokenizer is not None:
+            write_hf_tokenizer_files(tokenizer, tmp, hf_config["max_position_embeddings"])
     return out_dir
 
 
