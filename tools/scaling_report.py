@@ -2,14 +2,23 @@
 """Scaling fits and compute slowdown of filtered runs: a Markdown report with plots, plus JSON and CSV.
 
     python tools/scaling_report.py --evals 'evals/*.json' --output-dir report/
-    python tools/scaling_report.py --manifest runs.json --output-dir report/ [--params total] [--tokens learned]
+    python tools/scaling_report.py --manifest runs.json --output-dir report/ [--compute seen]
 
 Inputs: evaluation JSONs of tools/evaluate.py (they carry the arm, size, parameter counts and token counts), and/or a
 run manifest (docs/evaluation.md: {"runs": [{"eval": "evals/x.json", "arm": "none", ...} or inline numbers]}).
-Compute C = 6 N D (Kaplan et al. 2020): N non-embedding parameters by default (--params total for all), D tokens
-seen by default (--tokens learned for unmasked targets). ln L = a + b ln C is fitted on the --baseline-arm runs per
-domain; slowdown = C_f / C_baseline(L_f). Output: <output-dir>/report.md (+ PNGs), scaling.json, slowdowns.csv,
-fits.csv, runs.csv. Logic: megatron_tf/evaluation/{scaling,plots,report}.py.
+Compute (--compute, megatron_tf/evaluation/compute.py):
+    paper (default)  C = 6 * N * (20 * N), N = total parameters: the same C for every arm of a size, as the paper's
+                     analysis code (scaling.py) computes it;
+    seen             C = 6 * N * tokens seen, N = total parameters (the compute each run spent);
+    learned          C = 6 * N * tokens learned, N = total parameters;
+    kaplan           C = 6 * N_non_embedding * tokens seen: this tool's default before issue 13.
+Every slowdown is also computed under --compare (default seen; paper when --compute seen) and shown beside it.
+ln L = a + b ln C is fitted on the --baseline-arm runs per domain; slowdown = C_f / C_baseline(L_f), with 95%
+bootstrap intervals over evaluation documents (and seeds). Headline: all-token forget / retain / general loss; a
+token-level loss computed with the filter's own labels (privileged) only appears in a labelled secondary section.
+Runs that state a filtered share (examples/threshold_sweep.sh) also get the threshold frontier (frontier.png).
+Output: <output-dir>/report.md (+ PNGs), scaling.json, slowdowns.csv, fits.csv, runs.csv[, frontier.csv].
+Logic: megatron_tf/evaluation/{compute,intervals,scaling_runs,scaling,frontier,plots,report,report_tables}.py.
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from megatron_tf.evaluation.compute import CONVENTIONS  # noqa: E402
 from megatron_tf.evaluation.report import fmt_ratio, write_report  # noqa: E402
 from megatron_tf.evaluation.scaling import (  # noqa: E402
     METRICS,
@@ -37,10 +47,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--manifest", default=None, help="run manifest JSON")
     p.add_argument("--evals", nargs="+", default=[], help="evaluation JSON files or glob patterns")
     p.add_argument("--output-dir", required=True)
-    p.add_argument("--params", default="non_embedding", choices=("non_embedding", "total"),
-                   help="N of C = 6ND: non-embedding (Kaplan et al. 2020) or all parameters")
-    p.add_argument("--tokens", default="seen", choices=("seen", "learned"),
-                   help="D of C = 6ND: tokens seen or tokens learned (unmasked targets)")
+    p.add_argument("--compute", default="paper", choices=sorted(CONVENTIONS),
+                   help="compute convention of the fits and slowdowns (see the module docstring)")
+    p.add_argument("--compare", default=None, choices=sorted(CONVENTIONS),
+                   help="second convention shown beside it (default: seen, or paper when --compute seen)")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap replicates for the 95%% intervals (0: none)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     p.add_argument("--baseline-arm", default="none")
     p.add_argument("--metrics", nargs="+", default=list(METRICS), choices=METRICS,
                    help="loss: all tokens; token_loss: forget tokens on the forget set, unlabeled tokens elsewhere")
@@ -64,16 +76,23 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     runs = load_manifest(args.manifest) if args.manifest else []
     runs += load_eval_files(expand(args.evals))
-    analysis = analyze(runs, ScalingOptions(params=args.params, tokens=args.tokens, baseline_arm=args.baseline_arm,
-                                            metrics=tuple(args.metrics)))
+    if args.bootstrap < 0:
+        raise SystemExit(f"tools/scaling_report.py: --bootstrap must be >= 0, got {args.bootstrap}")
+    analysis = analyze(runs, ScalingOptions(compute=args.compute, compare=args.compare,
+                                            baseline_arm=args.baseline_arm, metrics=tuple(args.metrics),
+                                            n_boot=args.bootstrap, seed=args.seed))
     paths = write_report(analysis, args.output_dir)
     for w in analysis["warnings"]:
         print(f"warning: {w}")
+    convs = list(analysis["compute_labels"])
+    print(f"compute convention: {analysis['compute_labels'][args.compute]} (beside it: "
+          f"{', '.join(analysis['compute_labels'][c] for c in convs[1:]) or 'none'})")
     for s in analysis["slowdowns"]:
         if s["arm"] != args.baseline_arm:
-            flag = f" (extrapolated {s['extrapolation']})" if s["extrapolation"] else ""
-            print(f"{s['metric']:>10} {s['domain']:>8} {s['arm']:>9} {s['size']:>8}: slowdown "
-                  f"{fmt_ratio(s['slowdown'])}x{flag}")
+            flag = f" (extrapolated: {s['extrapolation']})" if s["extrapolated"] else ""
+            priv = {True: " [privileged labels]", None: " [privileged-unknown labels]"}.get(s["privileged"], "")
+            cells = ", ".join(f"{c} {fmt_ratio(s['by_convention'][c]['slowdown'])}x" for c in convs)
+            print(f"{s['metric']:>10} {s['domain']:>8} {s['variant']:>12} {s['size']:>8}: slowdown {cells}{flag}{priv}")
     print(f"report: {paths['report']}")
     return 0
 

@@ -3,7 +3,10 @@
 - loss vs compute per domain (log-log), points per arm, the least-squares power law of each arm (baseline solid);
 - forget loss vs retain loss (the trade-off; lower right is better for a filter), one point per run, the arms of one
   size joined by a grey line;
-- compute slowdown vs model size (parameters N) per domain and filtered arm; hollow markers are extrapolated.
+- compute slowdown vs model size (parameters N) per domain and filtered arm; hollow markers are extrapolated;
+- the threshold frontier (frontier.py): all-token forget vs retain loss, one curve per filter type, points labelled
+  by their filtered share, the baseline as a star; one panel per size.
+Every figure names the compute convention (compute.py) and, for token-level losses, the label status.
 Each function writes one PNG atomically and returns its path (None when the analysis lacks what the plot needs).
 """
 
@@ -55,13 +58,33 @@ def _save(fig, path: str) -> str:
     return path
 
 
+def _conv(analysis: dict) -> str:
+    return analysis["compute_convention"]["name"]
+
+
+def _conv_label(analysis: dict) -> str:
+    return analysis["compute_labels"][_conv(analysis)]
+
+
+def _metric_title(analysis: dict, metric: str) -> str:
+    if metric != "token_loss":
+        return METRIC_LABEL[metric]
+    status = set(analysis.get("token_level", {}).values())
+    tag = "independent labels" if status == {"independent"} else (
+        "PRIVILEGED-UNKNOWN labels" if "unknown" in status and "privileged" not in status else
+        "PRIVILEGED: the filter's own labels")
+    return f"{METRIC_LABEL[metric]}, {tag}"
+
+
 def _points(analysis: dict, metric: str, domain: str, arm: str):
-    return [(t["compute"], t["losses"][metric][domain], t) for t in analysis["runs"]
+    conv = _conv(analysis)
+    return [(t["compute"][conv], t["losses"][metric][domain], t) for t in analysis["runs"]
             if t["arm"] == arm and domain in t["losses"].get(metric, {})]
 
 
 def plot_loss_vs_compute(analysis: dict, metric: str, path: str) -> str | None:
-    fits = analysis["fits"].get(metric, {})
+    conv = _conv(analysis)
+    fits = analysis["fits"].get(conv, {}).get(metric, {})
     domains = ordered_domains({d for t in analysis["runs"] for d in t["losses"].get(metric, {})})
     if not domains:
         return None
@@ -70,7 +93,7 @@ def plot_loss_vs_compute(analysis: dict, metric: str, path: str) -> str | None:
                              layout="constrained")
     base = analysis["options"]["baseline_arm"]
     for ax, dom in zip(axes[0], domains):
-        cs = [t["compute"] for t in analysis["runs"]]
+        cs = [t["compute"][conv] for t in analysis["runs"]]
         eq = [s["baseline_compute"] for s in analysis["slowdowns"]
               if s["metric"] == metric and s["domain"] == dom and s["baseline_compute"]]
         lo, hi = min(cs + eq), max(cs + eq)
@@ -95,12 +118,12 @@ def plot_loss_vs_compute(analysis: dict, metric: str, path: str) -> str | None:
         ax.set_xscale("log")
         ax.set_yscale("log")
         _plain_y(ax)
-        ax.set_xlabel("training compute C = 6ND (FLOPs)")
+        ax.set_xlabel(f"training compute (FLOPs), {_conv_label(analysis)}", fontsize=8)
         ax.set_ylabel(METRIC_LABEL[metric])
         ax.set_title(dom)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle(f"{METRIC_LABEL[metric]} vs compute")
+    fig.suptitle(f"{_metric_title(analysis, metric)} vs compute")
     return _save(fig, path)
 
 
@@ -127,7 +150,7 @@ def plot_pareto(analysis: dict, metric: str, path: str, x_domain: str = "forget"
                        color=arm_color(arm, analysis["arms"]), label=arm, zorder=3, s=26)
     ax.set_xlabel(f"{x_domain} {METRIC_LABEL[metric]}  (higher: more removed)")
     ax.set_ylabel(f"{y_domain} {METRIC_LABEL[metric]}  (lower: better kept)")
-    ax.set_title(f"{x_domain} vs {y_domain} loss per model size")
+    ax.set_title(f"{x_domain} vs {y_domain} per model size\n{_metric_title(analysis, metric)}", fontsize=9)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7)
     return _save(fig, path)
@@ -146,13 +169,14 @@ def plot_slowdown_vs_size(analysis: dict, metric: str, path: str) -> str | None:
         for arm in analysis["arms"]:
             pts = sorted((s for s in rows if s["domain"] == dom and s["arm"] == arm),
                          key=lambda s: (s["N"] or s["compute"]))
+            pts = [s for s in pts if s["variant"] == arm]
             if not pts:
                 continue
             color = arm_color(arm, analysis["arms"])
             xs = [s["N"] or s["compute"] for s in pts]
             ax.plot(xs, [s["slowdown"] for s in pts], color=color, lw=1.2, label=arm)
             for x, s in zip(xs, pts):
-                ax.scatter([x], [s["slowdown"]], s=28, zorder=3, color=color if not s["extrapolation"] else "white",
+                ax.scatter([x], [s["slowdown"]], s=28, zorder=3, color=color if not s["extrapolated"] else "white",
                            edgecolors=color)
         ax.axhline(1.0, color="grey", lw=0.8, ls=":")
         ax.set_xscale("log")
@@ -163,7 +187,42 @@ def plot_slowdown_vs_size(analysis: dict, metric: str, path: str) -> str | None:
         ax.set_title(dom)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle(f"compute slowdown ({METRIC_LABEL[metric]}; hollow = extrapolated fit)")
+    fig.suptitle(f"compute slowdown, {_conv_label(analysis)}\n({_metric_title(analysis, metric)}; hollow = "
+                 "extrapolated: loss outside the baseline's measured range)", fontsize=9)
+    return _save(fig, path)
+
+
+def plot_frontier(analysis: dict, path: str) -> str | None:
+    """All-token forget loss (x) vs retain loss (y), one curve per filter type through its filtered shares, the
+    baseline as a star; one panel per size."""
+    rows = [r for r in analysis.get("frontier", []) if r["forget_loss"] is not None and r["retain_loss"] is not None]
+    if not rows:
+        return None
+    base = analysis["options"]["baseline_arm"]
+    sizes = [s for s in analysis["sizes"] if any(r["size"] == s for r in rows)]
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(sizes), figsize=(5.6 * len(sizes), 4.6), squeeze=False, layout="constrained")
+    for ax, size in zip(axes[0], sizes):
+        here = [r for r in rows if r["size"] == size]
+        for r in (r for r in here if r["arm"] == base):
+            ax.scatter([r["forget_loss"]], [r["retain_loss"]], marker="*", s=140, color=arm_color(base, []),
+                       zorder=4, label=f"{base} (no filter)")
+        for arm in [a for a in analysis["arms"] if a != base]:
+            pts = sorted((r for r in here if r["arm"] == arm), key=lambda r: r["share"] or 0.0)
+            if not pts:
+                continue
+            color = arm_color(arm, analysis["arms"])
+            ax.plot([r["forget_loss"] for r in pts], [r["retain_loss"] for r in pts], "-o", color=color, lw=1.2,
+                    ms=4, label=arm, zorder=3)
+            for r in pts:
+                ax.annotate(r["share_label"].split(" (")[0], (r["forget_loss"], r["retain_loss"]), fontsize=7,
+                            xytext=(4, 3), textcoords="offset points", color=color)
+        ax.set_xlabel("forget all-token loss (nats/token; right: more removed)")
+        ax.set_ylabel("retain all-token loss (nats/token; lower: better kept)")
+        ax.set_title(f"{size}: filtered share of training tokens", fontsize=9)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle("threshold frontier: token vs document filtering", fontsize=10)
     return _save(fig, path)
 
 
@@ -177,4 +236,7 @@ def plot_all(analysis: dict, out_dir: str) -> dict[str, str]:
             p = fn(analysis, metric, os.path.join(out_dir, f"{key}_{metric}.png"))
             if p:
                 out[f"{key}_{metric}"] = p
+    p = plot_frontier(analysis, os.path.join(out_dir, "frontier.png"))
+    if p:
+        out["frontier"] = p
     return out

@@ -1,7 +1,13 @@
 """The scaling report: Markdown with embedded plots (relative paths), and the numbers as JSON and CSV.
 
     write_report(analysis, out_dir) -> {"report": out_dir/report.md, "json": scaling.json, "slowdowns_csv": ...,
-                                        "runs_csv": ..., "fits_csv": ..., plus one key per PNG}
+                                        "runs_csv": ..., "fits_csv": ..., "frontier_csv": ..., one key per PNG}
+
+Order of report.md (issue 13): the headline is the all-token forget / retain / general loss (the paper's primary
+metric) and its compute slowdown under the chosen convention and the seen-token one side by side; then token-level
+losses whose evaluation labels are independent of the filter's; then runs and compute (tokens seen, tokens learned,
+training FLOPs, which count was matched), fits, the threshold frontier; a token-level metric computed with the
+filter's own labels (privileged, or unknown in older JSON) appears only in the labelled secondary section.
 All files are written atomically (temporary name, then rename).
 """
 
@@ -15,21 +21,21 @@ import os
 from megatron_tf.utils.io import atomic_write
 
 from .plots import plot_all
-from .scaling import METRIC_LABEL, ordered_domains
+from .report_tables import (  # noqa: F401  (fmt_ratio re-exported for tools)
+    fits_table,
+    fmt_ratio,
+    frontier_table,
+    loss_table,
+    mcq_table,
+    runs_table,
+    slowdown_table,
+)
 
-
-def fmt_ratio(x: float | None) -> str:
-    if x is None:
-        return "n/a"
-    return f"{x:.2f}" if x < 100 else f"{x:,.0f}"
-
-
-def fmt_sci(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:.3e}"
-
-
-def fmt_loss(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:.4f}"
+PRIVILEGED_NOTE = ("privileged: computed with the labels the filter used; shows the tokens were not trained on, not "
+                   "that the knowledge they carry was removed")
+UNKNOWN_NOTE = ("privileged-unknown: these evaluation JSONs predate the labels block (issue 13), so it is not "
+                "recorded whether the token-level labels are the filter's; the evaluations of that time labelled with "
+                "the filter's own labeler, so read them as privileged")
 
 
 def _csv(rows: list[dict], fields: list[str]) -> str:
@@ -41,30 +47,48 @@ def _csv(rows: list[dict], fields: list[str]) -> str:
     return buf.getvalue()
 
 
-SLOWDOWN_FIELDS = ["metric", "domain", "arm", "size", "name", "N", "compute", "loss", "baseline_loss_at_compute",
-                   "baseline_compute", "slowdown", "slowdown_ci95_low", "slowdown_ci95_high", "extrapolation"]
-FIT_FIELDS = ["metric", "domain", "arm", "a", "b", "r2", "n", "a_stderr", "b_stderr", "b_ci95_low", "b_ci95_high",
-              "c_min", "c_max"]
-RUN_FIELDS = ["name", "arm", "size", "N", "n_params", "n_params_non_embedding", "tokens_seen", "tokens_learned", "D",
-              "compute", "source"]
+FIT_FIELDS = ["convention", "metric", "domain", "variant", "a", "b", "r2", "n", "a_stderr", "b_stderr", "b_ci95_low",
+              "b_ci95_high", "c_min", "c_max"]
+RUN_FIELDS = ["name", "arm", "variant", "size", "n_params", "n_params_non_embedding", "tokens_seen", "tokens_learned",
+              "train_flops", "train_flops_convention", "train_tokens_count", "train_tokens_count_recorded",
+              "filtered_share", "target_share", "source"]
+FRONTIER_FIELDS = ["size", "arm", "variant", "share", "share_kind", "share_label", "forget_loss", "retain_loss",
+                   "general_loss", "forget_delta", "retain_delta", "tokens_seen", "tokens_learned", "train_flops"]
 
 
-def _slowdown_rows(analysis):
+def _slowdown_csv(analysis: dict) -> tuple[list[dict], list[str]]:
+    convs = list(analysis["compute_labels"])
+    fields = ["metric", "domain", "arm", "variant", "size", "name", "privileged", "loss", "loss_ci95_low",
+              "loss_ci95_high", "delta_vs_baseline", "delta_ci95_low", "delta_ci95_high", "extrapolated",
+              "extrapolation", "interval_method"]
+    for c in convs:
+        fields += [f"compute_{c}", f"baseline_compute_{c}", f"slowdown_{c}", f"slowdown_{c}_ci95_low",
+                   f"slowdown_{c}_ci95_high", f"slowdown_{c}_undefined_fraction"]
     out = []
     for s in analysis["slowdowns"]:
-        ci = s.get("slowdown_ci95") or [None, None]
-        out.append({**s, "slowdown_ci95_low": ci[0], "slowdown_ci95_high": ci[1]})
-    return out
+        r = dict(s)
+        for k in ("loss", "delta"):
+            ci = s.get(f"{k}_ci95") or [None, None]
+            r[f"{k}_ci95_low"], r[f"{k}_ci95_high"] = ci
+        for c in convs:
+            e = s["by_convention"][c]
+            ci = e.get("slowdown_ci95") or [None, None]
+            r.update({f"compute_{c}": e["compute"], f"baseline_compute_{c}": e["baseline_compute"],
+                      f"slowdown_{c}": e["slowdown"], f"slowdown_{c}_ci95_low": ci[0],
+                      f"slowdown_{c}_ci95_high": ci[1], f"slowdown_{c}_undefined_fraction": e["undefined_fraction"]})
+        out.append(r)
+    return out, fields
 
 
 def _fit_rows(analysis):
     out = []
-    for metric, doms in analysis["fits"].items():
-        for dom, arms in doms.items():
-            for arm, f in arms.items():
-                ci = f.get("b_ci95") or [None, None]
-                out.append({"metric": metric, "domain": dom, "arm": arm, **f, "b_ci95_low": ci[0],
-                            "b_ci95_high": ci[1]})
+    for conv, metrics in analysis["fits"].items():
+        for metric, doms in metrics.items():
+            for dom, variants in doms.items():
+                for v, f in variants.items():
+                    ci = f.get("b_ci95") or [None, None]
+                    out.append({"convention": conv, "metric": metric, "domain": dom, "variant": v, **f,
+                                "b_ci95_low": ci[0], "b_ci95_high": ci[1]})
     return out
 
 
@@ -72,90 +96,95 @@ def _run_rows(analysis):
     rows = []
     for t in analysis["runs"]:
         r = dict(t)
+        for c, v in t["compute"].items():
+            r[f"compute_{c}"] = v
         for metric, doms in t["losses"].items():
             for dom, v in doms.items():
                 r[f"{metric}:{dom}"] = v
+        for dom, p in t["token_level_privileged"].items():
+            r[f"token_level_privileged:{dom}"] = "unknown" if p is None else p
         for name, m in t["mcq"].items():
             r[f"acc:{name}"] = m.get("acc")
             r[f"acc_norm:{name}"] = m.get("acc_norm")
         rows.append(r)
-    extra = sorted({k for r in rows for k in r if ":" in k})
+    extra = [f"compute_{c}" for c in analysis["compute_labels"]] + sorted({k for r in rows for k in r if ":" in k})
     return rows, RUN_FIELDS + extra
 
 
-def render_markdown(analysis: dict, plots: dict[str, str], out_dir: str) -> str:
-    o = analysis["options"]
-    base = o["baseline_arm"]
-    L = ["# Scaling and compute slowdown report", ""]
-    L += [f"Compute: {o['compute']}; N = {o['N']}; D = {o['D']}.",
-          f"Fits: least squares of ln L = a + b ln C over the `{base}` runs, per domain. Compute slowdown of a run f: "
-          f"C_f / C_{base}(L_f), the ratio of its compute to the compute at which the `{base}` fit reaches its loss "
-          "(> 1 on the forget domain: the domain was learned less; on retain/general it is the collateral cost, "
-          "ideally ~1). *extrapolated* marks C_none(L_f) outside the compute range of the baseline runs.", ""]
+def _intro(analysis: dict) -> list[str]:
+    cc, cmp = analysis["compute_convention"], analysis["compare_convention"]
+    base = analysis["options"]["baseline_arm"]
+    L = ["# Scaling and compute slowdown report", "",
+         f"**Compute convention: `{cc['name']}`**, {cc['formula']}; N = {cc['N']}; D = {cc['D']} ({cc['source']}). "
+         f"Every slowdown is also given under `{cmp['name']}` ({cmp['formula']}; N = {cmp['N']}; D = {cmp['D']}).",
+         "",
+         f"Slowdown of a run f on a domain: C_f / C_{base}(L_f), its compute over the compute at which the `{base}` "
+         "fit (ln L = a + b ln C over the sizes) reaches its loss; > 1 on forget: the domain was learned less; on "
+         "retain / general it is the collateral cost (ideally ~1). **extrapolated**: the loss lies outside the "
+         f"range of the `{base}` runs' measured losses on that domain, so the fit is read beyond its data.",
+         f"Intervals: 95% percentile bootstrap ({analysis['intervals']['n_boot']} replicates, seed "
+         f"{analysis['intervals']['seed']}): {analysis['intervals']['method']}; `n/a` where neither is available. "
+         f"Loss differences (Δ) are against the `{base}` run of the same size.", ""]
     for w in analysis.get("warnings", []):
         L.append(f"> warning: {w}")
     if analysis.get("warnings"):
         L.append("")
-    L += ["## Runs", "", "| run | arm | size | N | D | C (FLOPs) |", "|---|---|---|---|---|---|"]
-    for t in analysis["runs"]:
-        L.append(f"| {t['name']} | {t['arm']} | {t['size']} | {fmt_sci(t['N'])} | {fmt_sci(t['D'])} | "
-                 f"{fmt_sci(t['compute'])} |")
-    L.append("")
-    for metric in o["metrics"]:
-        doms = ordered_domains({d for t in analysis["runs"] for d in t["losses"].get(metric, {})})
-        if not doms:
-            continue
-        L += [f"## {METRIC_LABEL[metric]}", "", "| run | arm | size | " + " | ".join(doms) + " |",
-              "|---|---|---|" + "---|" * len(doms)]
-        for t in analysis["runs"]:
-            vals = [fmt_loss(t["losses"].get(metric, {}).get(d)) for d in doms]
-            L.append(f"| {t['name']} | {t['arm']} | {t['size']} | " + " | ".join(vals) + " |")
-        L += ["", "### Fits", "", "| domain | arm | a | b (95% CI) | R^2 | runs |", "|---|---|---|---|---|---|"]
-        for dom in doms:
-            for arm, f in analysis["fits"].get(metric, {}).get(dom, {}).items():
-                ci = f.get("b_ci95")
-                b = f"{f['b']:.4f}" + (f" [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else "")
-                L.append(f"| {dom} | {arm} | {f['a']:.4f} | {b} | {f['r2']:.4f} | {f['n']} |")
-        rows = [s for s in analysis["slowdowns"] if s["metric"] == metric and s["arm"] != base]
-        if rows:
-            L += ["", "### Compute slowdown", "", "| domain | arm | size | run | L_f | C_f | C_none(L_f) | slowdown "
-                  "(95% CI) | |", "|---|---|---|---|---|---|---|---|---|"]
-            for s in rows:
-                ci = s.get("slowdown_ci95")
-                sd = fmt_ratio(s["slowdown"]) + (f" [{fmt_ratio(ci[0])}, {fmt_ratio(ci[1])}]" if ci else "")
-                flag = f"extrapolated ({s['extrapolation']})" if s["extrapolation"] in ("below", "above") else (
-                    s["extrapolation"] or "")
-                L.append(f"| {s['domain']} | {s['arm']} | {s['size']} | {s['name']} | {fmt_loss(s['loss'])} | "
-                         f"{fmt_sci(s['compute'])} | {fmt_sci(s['baseline_compute'])} | {sd} | {flag} |")
-        L.append("")
-        for key, title in (("loss_vs_compute", "Loss vs compute"), ("pareto", "Forget vs retain loss"),
-                           ("slowdown_vs_size", "Compute slowdown vs size")):
-            p = plots.get(f"{key}_{metric}")
-            if p:
-                L += [f"![{title} ({metric})]({os.path.relpath(p, out_dir)})", ""]
-    mcq_sets = sorted({k for t in analysis["runs"] for k in t["mcq"]})
-    if mcq_sets:
-        L += ["## Multiple choice (acc_norm ± stderr; chance in the header)", "",
-              "| run | arm | size | " + " | ".join(
-                  f"{k} ({_chance(analysis, k)})" for k in mcq_sets) + " |", "|---|---|---|" + "---|" * len(mcq_sets)]
-        for t in analysis["runs"]:
-            cells = []
-            for k in mcq_sets:
-                m = t["mcq"].get(k)
-                cells.append("n/a" if not m or m.get("acc_norm") is None else
-                             f"{m['acc_norm']:.3f} ± {m.get('acc_norm_stderr') or 0:.3f}")
-            L.append(f"| {t['name']} | {t['arm']} | {t['size']} | " + " | ".join(cells) + " |")
-        L.append("")
-    L += ["Numbers: `scaling.json` (everything), `slowdowns.csv`, `fits.csv`, `runs.csv`.", ""]
+    return L
+
+
+def _matched_line(analysis: dict) -> str:
+    counts = {g["train_tokens_count"] for g in analysis["groups"]}
+    recorded = all(g["train_tokens_count_recorded"] for g in analysis["groups"])
+    what = " / ".join(sorted(counts))
+    note = "" if recorded else " (not recorded in some evaluations: assumed `learned`, the trainer's default)"
+    return (f"Matched across arms: tokens {what}{note}. Training FLOPs = 6 * N_total * tokens seen unless the "
+            "evaluation recorded its own.")
+
+
+def render_markdown(analysis: dict, plots: dict[str, str], out_dir: str) -> str:
+    base = analysis["options"]["baseline_arm"]
+    rel = {k: os.path.relpath(p, out_dir) for k, p in plots.items()}
+    status = analysis.get("token_level", {})
+    L = _intro(analysis)
+    L += ["## Headline: all-token loss (the paper's primary metric)", ""]
+    L += loss_table(analysis, "loss", lambda s: True) + ["", _matched_line(analysis), ""]
+    L += ["### Compute slowdown, all-token loss", ""]
+    L += slowdown_table(analysis, "loss", lambda s: s["arm"] != base) + [""]
+    L += [f"![all-token loss vs compute]({rel[k]})" for k in ("loss_vs_compute_loss",) if k in rel]
+    L += [""]
+    indep = [s for s in analysis["slowdowns"] if s["metric"] == "token_loss" and s["privileged"] is False]
+    L += ["## Token-level loss with labels independent of the filter's", ""]
+    if any(s["arm"] != base for s in indep):
+        L += loss_table(analysis, "token_loss", lambda s: s["privileged"] is False) + [""]
+        L += slowdown_table(analysis, "token_loss", lambda s: s["arm"] != base and s["privileged"] is False) + [""]
+    else:
+        L += ["None: no filtered run has token-level losses whose evaluation labels differ from the filter's "
+              "(see the secondary section).", ""]
+    L += ["## Runs, tokens and compute", "", _matched_line(analysis), ""] + runs_table(analysis) + [""]
+    L += ["## Fits", ""] + fits_table(analysis) + [""]
+    for k, title in (("pareto_loss", "Forget vs retain all-token loss"), ("slowdown_vs_size_loss",
+                                                                          "All-token slowdown vs size")):
+        if k in rel:
+            L += [f"![{title}]({rel[k]})", ""]
+    if analysis.get("frontier"):
+        L += ["## Threshold frontier (all-token forget vs retain loss)", ""] + frontier_table(analysis) + [
+            "", _matched_line(analysis), ""]
+        if "frontier" in rel:
+            L += [f"![Threshold frontier]({rel['frontier']})", ""]
+    secondary = [s for s in analysis["slowdowns"] if s["metric"] == "token_loss" and s["privileged"] is not False]
+    if secondary:
+        unknown = any(s["privileged"] is None for s in secondary)
+        L += ["## Secondary: token-level loss with the filter's own labels (not a headline)", "",
+              f"> {PRIVILEGED_NOTE}." + (f"\n> {UNKNOWN_NOTE}." if unknown else ""), "",
+              f"Status per domain: {', '.join(f'{d} {v}' for d, v in status.items())}.", ""]
+        L += loss_table(analysis, "token_loss", lambda s: s["privileged"] is not False or s["arm"] == base) + [""]
+        L += slowdown_table(analysis, "token_loss", lambda s: s["arm"] != base and s["privileged"] is not False)
+        L += [""] + [f"![token-level ({'privileged' if not unknown else 'privileged-unknown'})]({rel[k]})"
+                     for k in ("loss_vs_compute_token_loss",) if k in rel] + [""]
+    L += mcq_table(analysis)
+    L += ["Numbers: `scaling.json` (everything), `slowdowns.csv`, `fits.csv`, `runs.csv`"
+          + (", `frontier.csv`" if analysis.get("frontier") else "") + ".", ""]
     return "\n".join(L)
-
-
-def _chance(analysis, k):
-    for t in analysis["runs"]:
-        c = t["mcq"].get(k, {}).get("chance")
-        if c is not None:
-            return f"{c:.2f}"
-    return "?"
 
 
 def write_report(analysis: dict, out_dir: str) -> dict[str, str]:
@@ -163,12 +192,16 @@ def write_report(analysis: dict, out_dir: str) -> dict[str, str]:
     paths = dict(plot_all(analysis, out_dir))
     files = {"json": "scaling.json", "slowdowns_csv": "slowdowns.csv", "fits_csv": "fits.csv", "runs_csv": "runs.csv",
              "report": "report.md"}
+    if analysis.get("frontier"):
+        files["frontier_csv"] = "frontier.csv"
     paths.update({k: os.path.join(out_dir, v) for k, v in files.items()})
     run_rows, run_fields = _run_rows(analysis)
-    texts = {"json": json.dumps(analysis, indent=1) + "\n",
-             "slowdowns_csv": _csv(_slowdown_rows(analysis), SLOWDOWN_FIELDS),
-             "fits_csv": _csv(_fit_rows(analysis), FIT_FIELDS), "runs_csv": _csv(run_rows, run_fields),
-             "report": render_markdown(analysis, paths, out_dir)}
+    sl_rows, sl_fields = _slowdown_csv(analysis)
+    texts = {"json": json.dumps(analysis, indent=1) + "\n", "slowdowns_csv": _csv(sl_rows, sl_fields),
+             "fits_csv": _csv(_fit_rows(analysis), FIT_FIELDS), "runs_csv": _csv(run_rows, run_fields)}
+    if analysis.get("frontier"):
+        texts["frontier_csv"] = _csv(analysis["frontier"], FRONTIER_FIELDS)
+    texts["report"] = render_markdown(analysis, paths, out_dir)
     for k, text in texts.items():  # the report last
         with atomic_write(paths[k], "w") as f:
             f.write(text)

@@ -1,44 +1,55 @@
 """Scaling-law fits of loss against training compute, and the compute slowdown of filtered runs.
 
-Compute: C = 6 N D (Kaplan et al. 2020, "Scaling Laws for Neural Language Models", section 2.1: about 6 N FLOPs per
-training token, 2 N forward and 4 N backward; attention and embedding terms neglected). Options (`ScalingOptions`):
-    N = non-embedding parameters (default, Kaplan's choice: everything but the input embedding and the output layer)
-        or all parameters ("total");
-    D = tokens seen (default: every input token costs a forward and a backward pass, filtered or not) or tokens
-        learned (unmasked targets; with --train-tokens the arms learn equally many).
-A run may also give its compute directly (manifest field `compute`).
+Compute C: one of the conventions of compute.py (`ScalingOptions.compute`, default "paper": C = 6 * N * (20 * N),
+N = total parameters, the same C for every arm of a size, as the paper's analysis code does). Every slowdown is also
+computed under a second convention (`compare`, default "seen": 6 * N_total * tokens seen) and shown beside it.
 
-Fit, per eval domain and metric, on the baseline arm (`none`): ordinary least squares of ln L = a + b ln C over
-its runs; R^2, standard errors of a and b, their covariance, and 95% intervals with Student's t (n - 2 degrees of
-freedom). Needs >= 2 runs with distinct C (errors need >= 3). Every other arm is fitted the same way for the plots.
+Groups. Runs sharing size and variant (the arm, plus its nominal filtered share when a threshold sweep sets one,
+e.g. "remove f=0.05") are seeds of one group; a group's loss is the mean of its runs' losses (nats/token) and its C
+the mean of theirs.
 
-Compute slowdown of a run f with compute C_f and loss L_f on a domain (docs/evaluation.md, worked example):
+Fit, per metric and eval domain, on the baseline groups (arm `none`): ordinary least squares of ln L = a + b ln C
+over the sizes; R^2, standard errors of a and b, their covariance and 95% intervals with Student's t (n - 2 degrees
+of freedom). Needs >= 2 sizes with distinct C (errors need >= 3). Every other variant is fitted the same way for the
+plots.
+
+Compute slowdown of a group f with compute C_f and loss L_f on a domain (docs/evaluation.md, worked example):
     C_none(L) = exp((ln L - a) / b)        the compute at which the baseline fit reaches loss L
     slowdown  = C_f / C_none(L_f)
-On the forget domain it says how much more compute the filtered model spent than the baseline needed to reach the
-same loss (> 1: the domain was learned less); on the retain domain it is the collateral cost (ideally ~1; < 1 means
-better than the baseline). `extrapolation` is "below" / "above" when C_none(L_f) lies outside the compute range of the
-baseline runs (the fit is extrapolated: read such values as rough), None inside. A 95% interval follows from the
-fit's parameter covariance (delta method on ln slowdown = ln C_f - (ln L_f - a) / b).
+On the forget domain: how much more compute the filtered model spent than the baseline needed to reach the same loss
+(> 1: the domain was learned less); on retain / general: the collateral cost (ideally ~1). `extrapolated` is true when
+L_f lies outside the range of the baseline groups' measured losses on that domain (`extrapolation`: "loss above the
+baseline range" / "loss below the baseline range"): the fit is then read beyond its data.
+
+Intervals (intervals.py): 95% percentile bootstrap. Each replicate resamples the evaluation documents (paired across
+runs evaluated on the same documents; normal approximation from the stored stderr for older JSON) and the seeds of
+each group, refits the baseline and recomputes every slowdown and every loss difference against the baseline of the
+same size. `slowdown_ci95` is that interval; `fit_ci95` is the delta method on the fit's residual covariance only.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
-FORMAT = "megatron_tf.scaling/1"
+from .compute import convention
+from .compute import label as convention_label
+from .frontier import frontier_rows
+from .intervals import LossSource, group_replicates, ols_batch, percentile_ci, replicate_losses
+from .scaling_runs import METRICS, RunRecord, load_eval_files, load_manifest, record_from_eval
+
+FORMAT = "megatron_tf.scaling/2"
 MANIFEST_FORMAT = "megatron_tf.scaling_manifest/1"
 ARMS = ("none", "mask", "remove", "document")
 DOMAIN_ORDER = ("forget", "retain", "general")
-METRICS = ("loss", "token_loss")
-METRIC_LABEL = {"loss": "loss (nats/token)", "token_loss": "token-level loss (nats/token)"}
-KAPLAN = "Kaplan et al. 2020, Scaling Laws for Neural Language Models (arXiv:2001.08361), C = 6 N D"
+METRIC_LABEL = {"loss": "all-token loss (nats/token)", "token_loss": "token-level loss (nats/token)"}
+
+__all__ = ["ARMS", "METRICS", "METRIC_LABEL", "PowerLawFit", "RunRecord", "ScalingOptions", "analyze",
+           "fit_power_law", "load_eval_files", "load_manifest", "record_from_eval", "slowdown", "t975",
+           "training_compute"]
 
 # Two-sided 95% Student t quantiles t_{0.975, df} for df = 1..30 (standard tables); larger df: 1.96 + 2.5 / df
 # (within 0.002 of the exact value for df > 30).
@@ -59,137 +70,27 @@ def training_compute(n_params: float, tokens: float) -> float:
 
 @dataclass
 class ScalingOptions:
-    params: str = "non_embedding"  # or "total"
-    tokens: str = "seen"  # or "learned"
+    compute: str = "paper"  # compute.py: paper | seen | learned | kaplan
+    compare: str | None = None  # the side-by-side convention; None: "seen" (or "paper" when compute is "seen")
     baseline_arm: str = "none"
     metrics: tuple[str, ...] = METRICS
+    n_boot: int = 1000
+    seed: int = 0
 
     def __post_init__(self):
-        if self.params not in ("non_embedding", "total"):
-            raise ValueError(f"params must be 'non_embedding' or 'total', got {self.params!r}")
-        if self.tokens not in ("seen", "learned"):
-            raise ValueError(f"tokens must be 'seen' or 'learned', got {self.tokens!r}")
+        convention(self.compute)
+        if self.compare is None:
+            self.compare = "paper" if self.compute == "seen" else "seen"
+        convention(self.compare)
         bad = [m for m in self.metrics if m not in METRICS]
         if bad:
             raise ValueError(f"unknown metrics {bad}; expected some of {METRICS}")
+        if self.n_boot < 0:
+            raise ValueError(f"n_boot must be >= 0, got {self.n_boot}")
 
-
-@dataclass
-class RunRecord:
-    """One trained model: its arm, size, parameter and token counts, and eval numbers."""
-
-    name: str
-    arm: str
-    size: str | None = None
-    n_params: float | None = None
-    n_params_non_embedding: float | None = None
-    tokens_seen: float | None = None
-    tokens_learned: float | None = None
-    compute: float | None = None  # explicit C, overrides 6 N D
-    losses: dict[str, dict[str, float]] = field(default_factory=dict)  # metric -> domain -> nats/token
-    mcq: dict[str, dict] = field(default_factory=dict)  # set -> {acc, acc_stderr, acc_norm, ...}
-    source: str | None = None
-
-    def n(self, opts: ScalingOptions) -> float:
-        v = self.n_params_non_embedding if opts.params == "non_embedding" else self.n_params
-        if v is None:
-            key = "n_params_non_embedding" if opts.params == "non_embedding" else "n_params"
-            raise ValueError(f"run {self.name!r} ({self.source or 'manifest'}): no {key}; add it to the manifest "
-                             "entry or evaluate with a model config")
-        return float(v)
-
-    def d(self, opts: ScalingOptions) -> float:
-        v = self.tokens_seen if opts.tokens == "seen" else self.tokens_learned
-        if v is None:
-            raise ValueError(f"run {self.name!r} ({self.source or 'manifest'}): no tokens_{opts.tokens}; add it to "
-                             f"the manifest entry or pass --tokens-{opts.tokens} to tools/evaluate.py")
-        return float(v)
-
-    def c(self, opts: ScalingOptions) -> float:
-        return float(self.compute) if self.compute is not None else training_compute(self.n(opts), self.d(opts))
-
-
-_RECORD_FIELDS = ("name", "arm", "size", "n_params", "n_params_non_embedding", "tokens_seen", "tokens_learned",
-                  "compute", "losses", "mcq")
-
-
-def record_from_eval(ev: dict, source: str | None = None, overrides: dict | None = None) -> RunRecord:
-    """A RunRecord from an evaluation JSON (tools/evaluate.py), with manifest fields overriding."""
-    run, model = ev.get("run", {}), ev.get("model", {})
-    losses: dict[str, dict[str, float]] = {"loss": {}, "token_loss": {}}
-    for dom, v in ev.get("loss", {}).items():
-        if v.get("nats_per_token") is not None:
-            losses["loss"][dom] = float(v["nats_per_token"])
-        tl = v.get("token_level")
-        if tl and tl.get("nats_per_token") is not None:
-            losses["token_loss"][dom] = float(tl["nats_per_token"])
-    mcq = {k: {m: v.get(m) for m in ("n", "acc", "acc_stderr", "acc_norm", "acc_norm_stderr", "chance", "p_correct")}
-           for k, v in ev.get("mcq", {}).items()}
-    name = run.get("name") or (os.path.splitext(os.path.basename(source))[0] if source else None)
-    rec = dict(name=name, arm=run.get("arm"), size=run.get("size"),
-               n_params=run.get("n_params", model.get("n_params")),
-               n_params_non_embedding=run.get("n_params_non_embedding", model.get("n_params_non_embedding")),
-               tokens_seen=run.get("tokens_seen"), tokens_learned=run.get("tokens_learned"),
-               compute=run.get("compute"), losses={k: v for k, v in losses.items() if v}, mcq=mcq)
-    rec.update({k: v for k, v in (overrides or {}).items() if k in _RECORD_FIELDS})
-    return _check_record(RunRecord(**rec, source=source))
-
-
-def _check_record(r: RunRecord) -> RunRecord:
-    where = r.source or "manifest"
-    if not r.name:
-        raise ValueError(f"{where}: run has no name")
-    if not r.arm:
-        raise ValueError(f"{where}: run {r.name!r} has no arm (expected one of {ARMS} or another label); pass "
-                         "--arm to tools/evaluate.py or set 'arm' in the manifest")
-    for k in ("n_params", "n_params_non_embedding", "tokens_seen", "tokens_learned", "compute"):
-        v = getattr(r, k)
-        if v is not None and (not isinstance(v, (int, float)) or not v > 0):
-            raise ValueError(f"{where}: run {r.name!r}: {k} must be a positive number, found {v!r}")
-    for metric, doms in r.losses.items():
-        if metric not in METRICS or not isinstance(doms, dict):
-            raise ValueError(f"{where}: run {r.name!r}: 'losses' must map a metric {METRICS} to {{domain: loss}}, "
-                             f"found key {metric!r}")
-        for dom, v in doms.items():
-            if not isinstance(v, (int, float)) or not v > 0:
-                raise ValueError(f"{where}: run {r.name!r}: loss {metric}/{dom} must be a positive number, found {v!r}")
-    return r
-
-
-def load_eval_files(paths: Iterable[str]) -> list[RunRecord]:
-    out = []
-    for p in paths:
-        with open(p, encoding="utf-8") as f:
-            out.append(record_from_eval(json.load(f), p))
-    return out
-
-
-def load_manifest(path: str) -> list[RunRecord]:
-    """Runs of a manifest (docs/evaluation.md): {"runs": [entry, ...]} or a bare list of entries. An entry has
-    "eval": an evaluation JSON (relative to the manifest's folder) and/or the RunRecord fields themselves."""
-    with open(path, encoding="utf-8") as f:
-        data = json.load(f)
-    entries = data.get("runs") if isinstance(data, dict) else data
-    if not isinstance(entries, list):
-        raise ValueError(f"{path}: expected {{\"runs\": [...]}} or a JSON list of runs, found {type(data).__name__}")
-    base = os.path.dirname(os.path.abspath(path))
-    out = []
-    for i, e in enumerate(entries):
-        where = f"{path}: runs[{i}]"
-        if not isinstance(e, dict):
-            raise ValueError(f"{where}: expected an object, found {type(e).__name__}")
-        unknown = sorted(set(e) - set(_RECORD_FIELDS) - {"eval"})
-        if unknown:
-            raise ValueError(f"{where}: unknown fields {unknown}; allowed: eval, {', '.join(_RECORD_FIELDS)}")
-        if "eval" in e:
-            ep = e["eval"] if os.path.isabs(e["eval"]) else os.path.join(base, e["eval"])
-            if not os.path.isfile(ep):
-                raise FileNotFoundError(f"{where}: evaluation file not found: {ep}")
-            with open(ep, encoding="utf-8") as f:
-                out.append(record_from_eval(json.load(f), ep, e))
-        else:
-            out.append(_check_record(RunRecord(**{k: e.get(k) for k in _RECORD_FIELDS if k in e}, source=where)))
-    return out
+    @property
+    def conventions(self) -> tuple[str, ...]:
+        return (self.compute,) if self.compare == self.compute else (self.compute, self.compare)
 
 
 # ---- fits -------------------------------------------------------------------------------------------------------
@@ -252,25 +153,21 @@ def fit_power_law(compute: Sequence[float], loss: Sequence[float]) -> PowerLawFi
 
 
 def slowdown(fit: PowerLawFit, c_f: float, l_f: float) -> dict:
-    """C_f / C_none(L_f) with the extrapolation flag and a delta-method 95% interval (module docstring)."""
-    out = {"baseline_compute": None, "slowdown": None, "log10_slowdown": None, "slowdown_ci95": None,
-           "extrapolation": None}
+    """C_f / C_base(L_f) with the fit's delta-method 95% interval `fit_ci95` (module docstring). The extrapolation
+    flag is set by `analyze` from the baseline's measured losses."""
+    out = {"baseline_compute": None, "slowdown": None, "log10_slowdown": None, "fit_ci95": None, "undefined": None}
     if fit.b >= 0:
-        out["extrapolation"] = "baseline fit does not decrease (b >= 0): slowdown undefined"
+        out["undefined"] = "baseline fit does not decrease (b >= 0): slowdown undefined"
         return out
     ln_ceq = (math.log(l_f) - fit.a) / fit.b
     ln_s = math.log(c_f) - ln_ceq
     out.update(baseline_compute=math.exp(ln_ceq), slowdown=math.exp(ln_s), log10_slowdown=ln_s / math.log(10))
-    if ln_ceq < fit.ln_c_min - 1e-9:
-        out["extrapolation"] = "below"
-    elif ln_ceq > fit.ln_c_max + 1e-9:
-        out["extrapolation"] = "above"
     if fit.b_stderr is not None and fit.dof >= 1:
         ga, gb = 1.0 / fit.b, (math.log(l_f) - fit.a) / fit.b ** 2
         var = ga * ga * fit.a_stderr ** 2 + gb * gb * fit.b_stderr ** 2 + 2 * ga * gb * fit.cov_ab
         sd = math.sqrt(max(var, 0.0))
         t = t975(fit.dof)
-        out["slowdown_ci95"] = [math.exp(ln_s - t * sd), math.exp(ln_s + t * sd)]
+        out["fit_ci95"] = [math.exp(ln_s - t * sd), math.exp(ln_s + t * sd)]
     return out
 
 
@@ -292,6 +189,169 @@ def ordered_arms(arms: Iterable[str]) -> list[str]:
     return [x for x in ARMS if x in a] + sorted(a - set(ARMS))
 
 
+def variant_of(r: RunRecord) -> str:
+    return r.arm if r.target_share is None else f"{r.arm} f={r.target_share:g}"
+
+
+def train_flops_of(r: RunRecord) -> tuple[float | None, str]:
+    """Training FLOPs of a run: the recorded run.train_flops, else 6 * N_total * tokens seen (compute.py)."""
+    from .compute import TRAIN_FLOPS_CONVENTION
+
+    if r.train_flops is not None:
+        return float(r.train_flops), (r.train_flops_convention or "recorded by tools/evaluate.py")
+    if r.n_params is not None and r.tokens_seen is not None:
+        return 6.0 * r.n_params * r.tokens_seen, TRAIN_FLOPS_CONVENTION + ", computed by the report"
+    return None, "unknown (needs n_params and tokens_seen)"
+
+
+def _group_privileged(values: list[bool | None]) -> bool | None:
+    if any(v is True for v in values):
+        return True
+    return None if any(v is None for v in values) else False
+
+
+def _run_row(r: RunRecord, opts: ScalingOptions) -> dict:
+    flops, flops_conv = train_flops_of(r)
+    n = r.n_params if r.n_params is not None else r.n_params_non_embedding
+    return {"name": r.name, "arm": r.arm, "variant": variant_of(r), "size": r.size or (_human(n) if n else r.name),
+            "N": r.n_params, "n_params": r.n_params, "n_params_non_embedding": r.n_params_non_embedding,
+            "tokens_seen": r.tokens_seen, "tokens_learned": r.tokens_learned, "train_flops": flops,
+            "train_flops_convention": flops_conv, "train_tokens_count": r.train_tokens_count or "learned",
+            "train_tokens_count_recorded": r.train_tokens_count is not None,
+            "compute": {c: r.c(c) for c in opts.conventions}, "compute_given": r.compute is not None,
+            "filtered_share": r.filtered_share, "target_share": r.target_share, "share_source": r.share_source,
+            "losses": r.losses, "token_level_privileged": r.privileged, "eval_labels": r.eval_labels,
+            "filter_labels": r.filter_labels, "mcq": r.mcq, "source": r.source}
+
+
+def _groups(table: list[dict], opts: ScalingOptions) -> list[dict]:
+    out: dict[tuple[str, str], dict] = {}
+    for t in table:
+        g = out.setdefault((t["size"], t["variant"]), {"size": t["size"], "variant": t["variant"], "arm": t["arm"],
+                                                       "runs": [], "_rows": []})
+        if g["arm"] != t["arm"]:
+            raise ValueError(f"analyze: variant {t['variant']!r} of size {t['size']!r} mixes arms")
+        g["runs"].append(t["name"])
+        g["_rows"].append(t)
+    for g in out.values():
+        rows = g["_rows"]
+        g["N"] = float(np.mean([t["N"] for t in rows])) if all(t["N"] for t in rows) else None
+        g["compute"] = {c: float(np.mean([t["compute"][c] for t in rows])) for c in opts.conventions}
+        shares = [t["filtered_share"] for t in rows if t["filtered_share"] is not None]
+        g["filtered_share"] = float(np.mean(shares)) if shares else None
+        g["target_share"] = rows[0]["target_share"]
+        g["share_source"] = rows[0]["share_source"]
+        for k in ("tokens_seen", "tokens_learned", "train_flops"):
+            g[k] = float(np.mean([t[k] for t in rows])) if all(t[k] is not None for t in rows) else None
+        g["train_tokens_count"] = "/".join(sorted({t["train_tokens_count"] for t in rows}))
+        g["train_tokens_count_recorded"] = all(t["train_tokens_count_recorded"] for t in rows)
+        g["losses"] = {}
+    return list(out.values())
+
+
+def _loss_replicates(runs: Sequence[RunRecord], groups: list[dict], metric: str, dom: str, opts: ScalingOptions,
+                     rng: np.random.Generator) -> dict[str, tuple[float, np.ndarray | None, str | None]]:
+    """Group key -> (point loss, (n_boot,) replicates or None, interval method) on one metric and domain."""
+    by_name = {r.name: r for r in runs}
+    sources = {}
+    for r in runs:
+        if dom in r.losses.get(metric, {}):
+            docs = r.per_document.get(metric, {}).get(dom)
+            sources[r.name] = LossSource(r.losses[metric][dom], *(docs or (None, None)),
+                                         stderr=r.stderr.get(metric, {}).get(dom))
+    reps = replicate_losses(sources, opts.n_boot, rng) if opts.n_boot else {}
+    out = {}
+    for g in groups:
+        names = [n for n in g["runs"] if n in sources]
+        if not names:
+            continue
+        point = float(np.mean([by_name[n].losses[metric][dom] for n in names]))
+        methods = {sources[n].method for n in names}
+        method = None if None in methods or not reps else " + ".join(sorted(methods)) + (
+            " + seeds" if len(names) > 1 else "")
+        rep = group_replicates([reps.get(n) for n in names], opts.n_boot, rng) if reps else None
+        out[_gkey(g)] = (point, rep, method)
+    return out
+
+
+def _gkey(g: dict) -> str:
+    return f"{g['size']} / {g['variant']}"
+
+
+def _fit_convention(groups, loss_reps, base_arm, conv, metric, dom, warnings):
+    """Fits of every variant under one convention, plus the baseline fit's bootstrap (a, b) replicates."""
+    pts: dict[str, list] = {}
+    for g in groups:
+        if _gkey(g) in loss_reps:
+            pts.setdefault(g["variant"], []).append((g["compute"][conv], loss_reps[_gkey(g)][0], g))
+    fits = {v: fit_power_law([c for c, _, _ in p], [x for _, x, _ in p]) for v, p in pts.items()
+            if len({c for c, _, _ in p}) >= 2}
+    if base_arm not in fits:
+        warnings.append(f"{metric}/{dom} ({conv}): fewer than 2 baseline ({base_arm}) sizes with distinct compute: "
+                        "no fit, no slowdown")
+        return fits, None
+    base = pts[base_arm]
+    reps = [loss_reps[_gkey(g)][1] for _, _, g in base]
+    boot = None
+    if reps and all(r is not None for r in reps):
+        boot = ols_batch(np.log([c for c, _, _ in base]), np.log(np.stack(reps, axis=1)))
+    return fits, boot
+
+
+def _slowdown_entry(fit, boot, c_f, l_f, rep) -> dict:
+    e = slowdown(fit, c_f, l_f) if fit else {"baseline_compute": None, "slowdown": None, "log10_slowdown": None,
+                                             "fit_ci95": None, "undefined": "no baseline fit"}
+    e.update(compute=c_f, slowdown_ci95=None, undefined_fraction=None)
+    if fit and boot is not None and rep is not None:
+        a, b = boot
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ln_s = math.log(c_f) - (np.log(rep) - a) / b
+        bad = ~(b < 0) | ~np.isfinite(ln_s)
+        e["undefined_fraction"] = float(bad.mean())
+        e["slowdown_ci95"] = percentile_ci(np.exp(np.where(bad, np.nan, ln_s)))
+    return e
+
+
+def _domain_rows(runs, groups, metric, dom, opts, rng, fits_out, warnings) -> list[dict]:
+    loss_reps = _loss_replicates(runs, groups, metric, dom, opts, rng)
+    base_arm = opts.baseline_arm
+    per_conv = {}
+    for conv in opts.conventions:
+        fits, boot = _fit_convention(groups, loss_reps, base_arm, conv, metric, dom, warnings)
+        fits_out.setdefault(conv, {}).setdefault(metric, {})[dom] = {v: f.to_dict() for v, f in fits.items()}
+        per_conv[conv] = (fits.get(base_arm), boot)
+    base_losses = [loss_reps[_gkey(g)][0] for g in groups if g["arm"] == base_arm and _gkey(g) in loss_reps
+                   and g["variant"] == base_arm]
+    lo, hi = (min(base_losses), max(base_losses)) if base_losses else (None, None)
+    by_size = {g["size"]: loss_reps.get(_gkey(g)) for g in groups if g["variant"] == base_arm}
+    rows = []
+    for g in groups:
+        if _gkey(g) not in loss_reps:
+            continue
+        point, rep, method = loss_reps[_gkey(g)]
+        base = by_size.get(g["size"])
+        delta = None if base is None else point - base[0]
+        delta_ci = percentile_ci(rep - base[1]) if base is not None and rep is not None and base[1] is not None \
+            else None
+        priv = False if metric == "loss" else _group_privileged(
+            [next(r for r in runs if r.name == n).privileged.get(dom) for n in g["runs"]])
+        ext = None if lo is None else ("loss above the baseline range" if point > hi + 1e-12 else
+                                       "loss below the baseline range" if point < lo - 1e-12 else None)
+        by_conv = {c: _slowdown_entry(*per_conv[c], g["compute"][c], point, rep) for c in opts.conventions}
+        row = {"metric": metric, "domain": dom, "arm": g["arm"], "variant": g["variant"], "size": g["size"],
+               "group": _gkey(g), "runs": g["runs"], "name": "+".join(g["runs"]), "N": g["N"], "loss": point,
+               "loss_ci95": percentile_ci(rep), "delta_vs_baseline": delta, "delta_ci95": delta_ci,
+               "baseline_range": [lo, hi] if lo is not None else None, "extrapolated": ext is not None,
+               "extrapolation": ext, "privileged": priv, "interval_method": method, "by_convention": by_conv}
+        row.update({k: by_conv[opts.compute][k] for k in ("compute", "baseline_compute", "slowdown",
+                                                          "slowdown_ci95", "fit_ci95", "undefined",
+                                                          "undefined_fraction")})
+        g["losses"].setdefault(metric, {})[dom] = {k: row[k] for k in ("loss", "loss_ci95", "delta_vs_baseline",
+                                                                       "delta_ci95", "privileged")}
+        rows.append(row)
+    return rows
+
+
 def analyze(runs: Sequence[RunRecord], opts: ScalingOptions | None = None) -> dict:
     """Fits, slowdowns and the run table as one JSON-able dict (docs/evaluation.md, "Scaling JSON")."""
     opts = opts or ScalingOptions()
@@ -301,54 +361,49 @@ def analyze(runs: Sequence[RunRecord], opts: ScalingOptions | None = None) -> di
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise ValueError(f"analyze: duplicate run names {dup}")
-    table = []
-    for r in runs:
-        c = r.c(opts)
-        n = r.n(opts) if (r.n_params_non_embedding if opts.params == "non_embedding" else r.n_params) else None
-        table.append({"name": r.name, "arm": r.arm, "size": r.size or (_human(n) if n else r.name), "N": n,
-                      "n_params": r.n_params, "n_params_non_embedding": r.n_params_non_embedding,
-                      "tokens_seen": r.tokens_seen, "tokens_learned": r.tokens_learned,
-                      "D": (r.tokens_seen if opts.tokens == "seen" else r.tokens_learned), "compute": c,
-                      "losses": r.losses, "mcq": r.mcq, "source": r.source})
-    # sizes ordered by their median N (or compute when N is unknown)
+    table = [_run_row(r, opts) for r in runs]
     by_size: dict[str, list[float]] = {}
     for t in table:
-        by_size.setdefault(t["size"], []).append(t["N"] or t["compute"])
+        by_size.setdefault(t["size"], []).append(t["N"] or t["compute"][opts.compute])
     sizes = sorted(by_size, key=lambda s: (float(np.median(by_size[s])), s))
     arms = ordered_arms(t["arm"] for t in table)
-    table.sort(key=lambda t: (sizes.index(t["size"]), arms.index(t["arm"]), t["name"]))
+    table.sort(key=lambda t: (sizes.index(t["size"]), arms.index(t["arm"]), t["target_share"] or 0, t["name"]))
     if opts.baseline_arm not in arms:
         raise ValueError(f"analyze: no run of the baseline arm {opts.baseline_arm!r} (arms found: {arms})")
+    groups = _groups(table, opts)
+    warnings: list[str] = []
+    for s in sizes:
+        cs = {round(g["compute"]["paper"], 6) for g in groups if g["size"] == s and "paper" in g["compute"]}
+        if len(cs) > 1:
+            warnings.append(f"size {s}: arms differ in total parameters, so the paper convention's C differs")
+    rng = np.random.default_rng(opts.seed)
     fits: dict = {}
     slowdowns: list[dict] = []
-    warnings: list[str] = []
     for metric in opts.metrics:
-        domains = ordered_domains({d for t in table for d in t["losses"].get(metric, {})})
-        for dom in domains:
-            pts = {arm: [(t["compute"], t["losses"][metric][dom], t) for t in table
-                         if t["arm"] == arm and dom in t["losses"].get(metric, {})] for arm in arms}
-            arm_fits = {}
-            for arm, p in pts.items():
-                if len({c for c, _, _ in p}) >= 2:
-                    arm_fits[arm] = fit_power_law([c for c, _, _ in p], [v for _, v, _ in p])
-            if opts.baseline_arm not in arm_fits:
-                warnings.append(f"{metric}/{dom}: fewer than 2 baseline ({opts.baseline_arm}) runs with distinct "
-                                "compute: no fit, no slowdown")
-                if arm_fits:
-                    fits.setdefault(metric, {})[dom] = {a: f.to_dict() for a, f in arm_fits.items()}
-                continue
-            fits.setdefault(metric, {})[dom] = {a: f.to_dict() for a, f in arm_fits.items()}
-            base = arm_fits[opts.baseline_arm]
-            for arm, p in pts.items():
-                for c, v, t in p:
-                    slowdowns.append({"metric": metric, "domain": dom, "arm": arm, "size": t["size"],
-                                      "name": t["name"], "N": t["N"], "compute": c, "loss": v,
-                                      "baseline_loss_at_compute": float(base.loss(c)), **slowdown(base, c, v)})
-    return {"format": FORMAT,
-            "options": {**asdict(opts), "metrics": list(opts.metrics), "compute": KAPLAN,
-                        "N": "non-embedding parameters (all but the input embedding and the output layer)"
-                        if opts.params == "non_embedding" else "all parameters (padded vocabulary included)",
-                        "D": "tokens seen (all input tokens trained on)" if opts.tokens == "seen"
-                        else "tokens learned (unmasked target tokens)"},
-            "sizes": sizes, "arms": arms, "runs": table, "fits": fits, "slowdowns": slowdowns,
-            "warnings": warnings}
+        for dom in ordered_domains({d for t in table for d in t["losses"].get(metric, {})}):
+            slowdowns += _domain_rows(runs, groups, metric, dom, opts, rng, fits, warnings)
+    for g in groups:
+        g.pop("_rows")
+    out = {"format": FORMAT, "compute_convention": convention(opts.compute),
+           "compare_convention": convention(opts.compare),
+           "compute_labels": {c: convention_label(c) for c in opts.conventions},
+           "options": {**asdict(opts), "metrics": list(opts.metrics)},
+           "intervals": {"level": 0.95, "n_boot": opts.n_boot, "seed": opts.seed,
+                         "method": "percentile bootstrap over evaluation documents (paired across runs) and seeds; "
+                                   "normal approximation from the stored stderr where per_document is absent"},
+           "sizes": sizes, "arms": arms, "runs": table, "groups": groups, "fits": fits, "slowdowns": slowdowns,
+           "token_level": token_level_status(table, opts.baseline_arm), "warnings": warnings}
+    out["frontier"] = frontier_rows(out)
+    return out
+
+
+def token_level_status(table: list[dict], base_arm: str) -> dict:
+    """Per domain: "independent" (every filtered run's token-level labels differ from its filter's), "privileged"
+    (some are the filter's own labels), or "unknown" (older eval JSON without the labels block)."""
+    out = {}
+    for dom in ordered_domains({d for t in table for d in t["token_level_privileged"]}):
+        vals = [t["token_level_privileged"].get(dom) for t in table
+                if t["arm"] != base_arm and dom in t["token_level_privileged"]]
+        p = _group_privileged(vals)
+        out[dom] = "privileged" if p else ("unknown" if p is None else "independent")
+    return out
