@@ -35,12 +35,16 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import torch.distributed as dist
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from megatron_tf.config.cli import opt
-from megatron_tf.utils.io import atomic_write, fsync_dir
+from megatron_tf.utils.io import atomic_write, fsync_dir, honour_umask
 from megatron_tf.utils.io import read_json as load_json
 from megatron_tf.utils.logging import get_logger
+
+from . import checkpoint_integrity as integrity
+from .checkpoint_integrity import CheckpointCorrupt, CheckpointError
 
 log = get_logger(__name__)
 
@@ -55,9 +59,14 @@ class CheckpointConfig:
     save: str | None = field(default=None, metadata=opt("Checkpoint (and metrics.jsonl) directory."))
     load: str | None = field(default=None, metadata=opt(
         "Resume from this checkpoint directory (its `latest`), or an iter_* directory inside it. "
-        "Nothing to load there is fine for a fresh start when --load equals --save."))
+        "Nothing to load there is fine for a fresh start when --load equals --save; iter_* directories without a "
+        "`latest` file are refused (name one with --ckpt-step)."))
     save_interval: int | None = field(default=None, metadata=opt("Save every N iterations (and at the end)."))
-    ckpt_step: int | None = field(default=None, metadata=opt("Load this iteration instead of `latest`."))
+    ckpt_step: int | None = field(default=None, metadata=opt(
+        "Load this iteration (iter_N) instead of `latest`; also how to resume a directory that lost `latest`."))
+    override_data_config: bool = field(default=False, metadata=opt(
+        "Resume although the data (--data-path, --split, --seq-length, ...) or the token/document filter "
+        "(--token-filter, --forget-threshold, ...) differ from the checkpoint's (the differences are logged)."))
     no_load_optim: bool = field(default=False, metadata=opt("Do not load the optimizer state."))
     no_load_rng: bool = field(default=False, metadata=opt("Do not load the RNG states."))
     finetune: bool = field(default=False, metadata=opt(
@@ -67,10 +76,6 @@ class CheckpointConfig:
     def __post_init__(self):
         if self.save_interval is not None and self.save_interval < 1:
             raise ValueError(f"--save-interval must be >= 1, got {self.save_interval}")
-
-
-class CheckpointError(ValueError):
-    pass
 
 
 def iter_dirname(iteration: int) -> str:
@@ -166,18 +171,42 @@ def _barrier():
         dist.barrier()
 
 
-def _save_tensors(tensors: dict[str, torch.Tensor], path: str, metadata: dict | None = None) -> None:
+def _save_tensors(tensors: dict[str, torch.Tensor], path: str, metadata: dict | None = None) -> str:
     cpu = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
     save_file(cpu, path, metadata={k: str(v) for k, v in (metadata or {}).items()})
+    honour_umask(path)  # save_file creates 0600 files: a shared cluster's group could not read them
     with open(path, "rb+") as f:
         os.fsync(f.fileno())
+    return path
 
 
-def _save_json(obj, path: str) -> None:
+def _save_json(obj, path: str) -> str:
     with open(path, "w", encoding="utf-8") as f:
         json.dump(obj, f, indent=1, sort_keys=True)
         f.flush()
         os.fsync(f.fileno())
+    return path
+
+
+def nonfinite_tensors(tensors: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors holding a NaN or an infinity."""
+    return [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+
+
+def _refuse_nonfinite(save_dir: str, iteration: int, payload) -> None:
+    """Collective: every rank checks its weights and optimizer state; if any rank holds a non-finite value, all
+    ranks raise (so none waits at a barrier) and nothing is written: a diverged model never becomes `latest`."""
+    bad = nonfinite_tensors(payload.model) + (nonfinite_tensors(payload.optimizer[0]) if payload.optimizer else [])
+    flag = torch.tensor([float(len(bad))])
+    if dist.is_available() and dist.is_initialized():
+        dev = next(iter(payload.model.values())).device if payload.model else torch.device("cpu")
+        flag = flag.to(dev if dev.type == "cuda" else "cpu")
+        dist.all_reduce(flag)
+    if float(flag[0]) > 0:
+        here = f" (this rank's: {bad[:4]})" if bad else ""
+        raise CheckpointError(f"refusing to save {os.path.join(save_dir, iter_dirname(iteration))}: "
+                              f"{int(flag[0])} weight/optimizer tensors hold NaN or infinite values{here}; "
+                              "`latest` stays on the previous checkpoint")
 
 
 @dataclass
@@ -198,6 +227,8 @@ def save_checkpoint(save_dir: str, iteration: int, payload: RankPayload, config:
     """Write iter_{iteration} atomically (collective: every rank calls it). Returns the final directory."""
     final = os.path.join(save_dir, iter_dirname(iteration))
     tmp = os.path.join(save_dir, f".{iter_dirname(iteration)}.tmp")
+    _refuse_nonfinite(save_dir, iteration, payload)
+    written = []
     if payload.rank == 0:
         os.makedirs(save_dir, exist_ok=True)
         for name in os.listdir(save_dir):  # stale temporaries of interrupted saves
@@ -208,22 +239,24 @@ def save_checkpoint(save_dir: str, iteration: int, payload: RankPayload, config:
     if payload.write_shard:
         shard = os.path.join(tmp, shard_dirname(payload.tp_rank, payload.pp_rank))
         os.makedirs(shard, exist_ok=True)
-        _save_tensors(payload.model, os.path.join(shard, "model.safetensors"), {"format": FORMAT})
+        written.append(_save_tensors(payload.model, os.path.join(shard, "model.safetensors"), {"format": FORMAT}))
         if fault_hook is not None:
             fault_hook("save")
         if payload.optimizer is not None:
             tensors, meta = payload.optimizer
-            _save_tensors(tensors, os.path.join(shard, "optimizer.safetensors"), {"format": FORMAT})
-            _save_json(meta, os.path.join(shard, "optimizer.json"))
+            written.append(_save_tensors(tensors, os.path.join(shard, "optimizer.safetensors"), {"format": FORMAT}))
+            written.append(_save_json(meta, os.path.join(shard, "optimizer.json")))
         fsync_dir(shard)
     rng_tensors, rng_meta = payload.rng
-    _save_tensors(rng_tensors, os.path.join(tmp, "rng", f"rank_{payload.rank:05d}.safetensors"))
-    _save_json(rng_meta, os.path.join(tmp, "rng", f"rank_{payload.rank:05d}.json"))
+    written.append(_save_tensors(rng_tensors, os.path.join(tmp, "rng", f"rank_{payload.rank:05d}.safetensors")))
+    written.append(_save_json(rng_meta, os.path.join(tmp, "rng", f"rank_{payload.rank:05d}.json")))
     fsync_dir(os.path.join(tmp, "rng"))
+    integrity.write_piece(tmp, payload.rank, written)  # checksums of this rank's files (checkpoint_integrity.py)
     _barrier()
     if payload.rank == 0:
-        _save_json({"format": FORMAT, "iteration": iteration, **config}, os.path.join(tmp, "config.json"))
-        _save_json({"format": FORMAT, **state}, os.path.join(tmp, "state.json"))
+        integrity.merge_pieces(tmp, [_save_json({"format": FORMAT, "iteration": iteration, **config},
+                                      os.path.join(tmp, "config.json")),
+                           _save_json({"format": FORMAT, **state}, os.path.join(tmp, "state.json"))])
         fsync_dir(tmp)
         if os.path.exists(final):  # a complete directory of a run killed before it updated `latest`
             shutil.rmtree(final)
@@ -251,6 +284,13 @@ def resolve_checkpoint_dir(path: str, ckpt_step: int | None = None) -> str | Non
         return d
     latest = os.path.join(path, LATEST)
     if not os.path.isfile(latest):
+        found = integrity.checkpoint_dirs(path)
+        if found:  # starting from scratch here would train over (and then overwrite) these checkpoints
+            it, newest = found[0]
+            raise CheckpointError(
+                f"{path} holds {len(found)} checkpoint(s), newest {newest}, but no `{LATEST}` file (deleted, or "
+                f"the directory was copied without it): refusing to start from scratch over them. Say which to "
+                f"load: --ckpt-step {it} (or --load {newest}); or restore {latest}")
         return None
     with open(latest, encoding="utf-8") as f:
         name = f.read().strip()
@@ -260,19 +300,40 @@ def resolve_checkpoint_dir(path: str, ckpt_step: int | None = None) -> str | Non
     return d
 
 
-def read_json(path: str) -> dict:
+def _corrupt(path: str, reason: str) -> CheckpointCorrupt:
+    root = integrity.checkpoint_root(path)
+    where = f"; {integrity.pointer_to_previous(root)}" if root else ""
+    return CheckpointCorrupt(f"{reason}{where} (tools/verify.py checks a whole checkpoint)")
+
+
+def _verified(path: str) -> None:
+    """The file against its checkpoint's checksums.json; errors name it and the previous complete checkpoint."""
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint file missing: {path}")
-    d = load_json(path, CheckpointError)
+    try:
+        integrity.verify_one(path)
+    except CheckpointCorrupt as e:
+        raise _corrupt(path, str(e)) from e
+
+
+def read_json(path: str) -> dict:
+    _verified(path)
+    try:
+        d = load_json(path, CheckpointCorrupt)
+    except CheckpointCorrupt as e:
+        raise _corrupt(path, str(e)) from e
     if d.get("format") not in (None, FORMAT):
         raise CheckpointError(f"{path}: format {d.get('format')!r}, expected {FORMAT!r}")
     return d
 
 
 def read_tensors(path: str) -> dict[str, torch.Tensor]:
-    if not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint file missing: {path}")
-    return load_file(path)
+    _verified(path)
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError) as e:  # a partly written/copied file of a checkpoint without checksums
+        raise _corrupt(path, f"{path}: cannot read the safetensors file ({type(e).__name__}: {e}): truncated, "
+                             "partly written or not a safetensors file") from e
 
 
 def check_layout(ckpt_dir: str, config: dict, tp: int, pp: int) -> None:
@@ -289,6 +350,57 @@ ARCH_FIELDS = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_he
                "num_query_groups", "kv_channels", "vocab_size", "make_vocab_size_divisible_by",
                "untie_embeddings_and_output_weights", "activation", "normalization",
                "decoder_first_pipeline_num_layers", "decoder_last_pipeline_num_layers")
+
+
+# data fields that do not change which samples are trained on (all other data and filter fields do)
+DATA_RUNTIME_FIELDS = ("num_workers", "data_cache_path")
+
+
+def _norm(section: str, key: str, v):
+    if section == "data" and key.endswith("data_path") and isinstance(v, list):
+        return [os.path.normpath(x) if not _is_number(x) else x for x in v]
+    return v
+
+
+def _is_number(x) -> bool:
+    try:
+        float(x)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def config_differences(saved: dict, current: dict) -> list[tuple[str, object, object]]:
+    """(section.key, saved, current) for every config field that differs (fields the checkpoint predates skipped)."""
+    out = []
+    for section, cur in current.items():
+        old = saved.get(section)
+        if not isinstance(old, dict) or not isinstance(cur, dict):
+            continue
+        for key, v in cur.items():
+            if key in old and _norm(section, key, old[key]) != _norm(section, key, v):
+                out.append((f"{section}.{key}", old[key], v))
+    return out
+
+
+def check_run_config(ckpt_dir: str, saved: dict, current: dict, override: bool, finetune: bool) -> None:
+    """Log every difference between the checkpoint's configs and this run's; refuse a resume whose data or
+    filter config differs (the data position and the learned-token counts would silently mean another thing)
+    unless --override-data-config, or --finetune (which starts a new run on the loaded weights)."""
+    diffs = config_differences(saved, current)
+    data_diffs = []
+    for name, old, new in diffs:
+        section, key = name.split(".", 1)
+        is_data = section == "filter" or (section == "data" and key not in DATA_RUNTIME_FIELDS)
+        if is_data:
+            data_diffs.append(f"{name}: checkpoint {old!r}, now {new!r}")
+        (log.warning if is_data else log.info)("--load %s: %s differs: checkpoint %r, now %r", ckpt_dir, name,
+                                               old, new)
+    if data_diffs and not (override or finetune):
+        raise CheckpointError(
+            f"{ckpt_dir}: this run's data or filter config differs from the checkpoint's: " + "; ".join(data_diffs)
+            + ". Resuming would continue the data position and token counts on other data; pass "
+            "--override-data-config to resume anyway, or --finetune to start a new run from these weights")
 
 
 def check_architecture(ckpt_dir: str, saved: dict, current: dict) -> None:

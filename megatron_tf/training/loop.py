@@ -144,6 +144,10 @@ class Trainer:
             saved_cfg = ckpt.read_json(os.path.join(self.resume_dir, "config.json"))
             ckpt.check_layout(self.resume_dir, saved_cfg, g.tp_size, g.pp_size)
             ckpt.check_architecture(self.resume_dir, saved_cfg["configs"]["model"], dataclasses.asdict(self.model_cfg))
+            current = {**cfgs.to_dict(), "model": dataclasses.asdict(self.model_cfg)}
+            current.pop("checkpoint")  # where to load and save is not part of the run
+            ckpt.check_run_config(self.resume_dir, saved_cfg["configs"], current, cc.override_data_config,
+                                  cc.finetune)
             sd = ckpt.load_model_shard(self.resume_dir, g.tp_rank, g.pp_rank)
             missing, unexpected = self.module.load_state_dict(sd, strict=False)
             if missing or unexpected:

@@ -23,13 +23,48 @@ def tmp_path_for(path: str) -> str:
     os.makedirs(d, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f"{base}{TMP_MARK}", dir=d)
     try:
-        # mkstemp creates 0600 files; give the final file the permissions open() would (0666 minus the umask)
-        mask = os.umask(0)
-        os.umask(mask)
-        os.fchmod(fd, 0o666 & ~mask)
+        os.fchmod(fd, file_mode())  # mkstemp creates 0600 files; give the final file the mode open() would
     finally:
         os.close(fd)
     return tmp
+
+
+def current_umask() -> int:
+    """The process umask (read from /proc where possible: setting it to read it is not thread-safe)."""
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """The mode open() gives a new file: 0666 minus the umask (0644 under umask 022, 0640 under 027)."""
+    return 0o666 & ~current_umask()
+
+
+def dir_mode() -> int:
+    """The mode os.makedirs gives a new directory: 0777 minus the umask."""
+    return 0o777 & ~current_umask()
+
+
+def honour_umask(path: str) -> None:
+    """chmod a file that a library created 0600 (safetensors' save_file, mkstemp) to the umask's file mode, or a
+    directory (mkdtemp: 0700) and everything under it to the umask's modes; a shared cluster's group can then
+    read what a run writes, as with files written by open()."""
+    if not os.path.isdir(path):
+        os.chmod(path, file_mode())
+        return
+    fm, dm = file_mode(), dir_mode()
+    os.chmod(path, dm)
+    for root, dirs, files in os.walk(path):
+        for name in dirs:
+            os.chmod(os.path.join(root, name), dm)
+        for name in files:
+            os.chmod(os.path.join(root, name), fm)
 
 
 def fsync_dir(path: str) -> None:
@@ -68,7 +103,8 @@ def atomic_write(path: str, mode: str = "wb") -> Iterator:
 def atomic_directory(out_dir: str) -> Iterator[str]:
     """Yield a fresh temporary directory beside `out_dir`; on success every file in it is fsynced and it replaces
     `out_dir` (an existing one is moved aside first and removed after the swap, so `out_dir` is never half
-    written); on error it is removed. Whether an existing `out_dir` may be replaced is the caller's check."""
+    written) with the modes the umask gives (files 0666 & ~umask, directories 0777 & ~umask, whatever the writer
+    used); on error it is removed. Whether an existing `out_dir` may be replaced is the caller's check."""
     out_dir = os.path.abspath(out_dir)
     parent = os.path.dirname(out_dir)
     os.makedirs(parent, exist_ok=True)
@@ -80,8 +116,8 @@ def atomic_directory(out_dir: str) -> Iterator[str]:
             if os.path.isfile(path):
                 with open(path, "rb") as fh:
                     os.fsync(fh.fileno())
+        honour_umask(tmp)  # mkdtemp makes 0700 and safetensors' save_file 0600: use the umask's modes
         fsync_dir(tmp)
-        os.chmod(tmp, 0o755)  # mkdtemp makes 0700
         if os.path.exists(out_dir):
             old = tempfile.mkdtemp(prefix=os.path.basename(out_dir) + ".old-", dir=parent)
             os.replace(out_dir, os.path.join(old, "x"))

@@ -1,8 +1,9 @@
 """Checkpoints: kill -9 mid-save and mid-run, then --load, gives bitwise the losses of an uninterrupted run (CPU fp32,
-dropout on); on-disk layout and formats; layout mismatches refused; single-process loading of the merged model;
-tools/export_hf.py --load."""
+dropout on); on-disk layout and formats; layout mismatches refused; a changed data/filter config refused on resume
+unless --override-data-config; single-process loading of the merged model; tools/export_hf.py --load."""
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -14,6 +15,7 @@ from safetensors import safe_open
 
 from megatron_tf.training import load_model_from_checkpoint, pretrain
 from megatron_tf.training.checkpoint import CheckpointError
+from megatron_tf.training.checkpoint_integrity import file_entry
 from tests.training.synth import make_data, tiny_args
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*meta.json not found")
@@ -81,7 +83,7 @@ def test_layout_formats_and_loading(data, tmp_path):
     assert r.last_checkpoint == os.path.join(save, "iter_0000003")
     assert sorted(os.listdir(save)) == ["iter_0000002", "iter_0000003", "latest", "metrics.jsonl"]
     d = r.last_checkpoint
-    assert sorted(os.listdir(d)) == ["config.json", "mp_rank_00_000", "rng", "state.json"]
+    assert sorted(os.listdir(d)) == ["checksums.json", "config.json", "mp_rank_00_000", "rng", "state.json"]
     assert sorted(os.listdir(os.path.join(d, "mp_rank_00_000"))) == [
         "model.safetensors", "optimizer.json", "optimizer.safetensors"]
     assert sorted(os.listdir(os.path.join(d, "rng"))) == ["rank_00000.json", "rank_00000.safetensors"]
@@ -117,6 +119,9 @@ def test_layout_formats_and_loading(data, tmp_path):
     with pytest.raises(CheckpointError, match="tensor-parallel size 2.*this run has 1"):
         cfg["parallel"]["tensor_model_parallel_size"] = 2
         json.dump(cfg, open(os.path.join(d, "config.json"), "w"))
+        sums = json.load(open(os.path.join(d, "checksums.json")))  # as if saved so: the checksum must match
+        sums["files"]["config.json"] = file_entry(os.path.join(d, "config.json"))
+        json.dump(sums, open(os.path.join(d, "checksums.json"), "w"))
         pretrain(tiny_args(data, iters=4, extra=["--load", save]))
 
 
@@ -135,3 +140,42 @@ def test_export_hf_from_checkpoint(data, tmp_path):
     ids = torch.randint(0, 103, (2, 16))
     with torch.no_grad():
         torch.testing.assert_close(hf(ids).logits, model(input_ids=ids), rtol=1e-4, atol=1e-5)
+
+
+def test_resume_with_changed_data_or_filter_is_refused_unless_overridden(data, tmp_path):
+    save = str(tmp_path / "s")
+    base = tiny_args(data, iters=1, extra=["--save", save, "--eval-iters", "0"])
+    pretrain(base)
+    other = make_data(tmp_path, name="other", seed=1)
+    changes = {
+        "--token-filter": (["--token-filter", "mask", "--forget-threshold", "0.5"],
+                           r"filter\.token_filter: checkpoint 'none', now 'mask'"),
+        "--seq-length": (["--seq-length", "8"], r"data\.seq_length: checkpoint 16, now 8"),
+        "--data-path": (["--data-path", other], r"data\.data_path: checkpoint \[.*syn'\], now \[.*other'\]"),
+    }
+    for extra, msg in changes.values():
+        with pytest.raises(CheckpointError, match=rf"differs from the checkpoint's: .*{msg}.*--override-data-config"):
+            pretrain(tiny_args(data, iters=2, extra=["--save", save, "--load", save, "--eval-iters", "0", *extra]))
+    # a changed threshold under the same filter is a filter change too
+    masked = str(tmp_path / "m")
+    pretrain(tiny_args(data, iters=1, extra=["--save", masked, "--eval-iters", "0", "--token-filter", "mask",
+                                             "--forget-threshold", "0.5"]))
+    with pytest.raises(CheckpointError, match=r"filter\.forget_threshold: checkpoint 0\.5, now 0\.25"):
+        pretrain(tiny_args(data, iters=2, extra=["--save", masked, "--load", masked, "--eval-iters", "0",
+                                                 "--token-filter", "mask", "--forget-threshold", "0.25"]))
+    # overridden: resumes, and each difference is logged against the saved config
+    seen = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = seen.append  # the package logger does not propagate to pytest's caplog
+    logging.getLogger("megatron_tf").addHandler(handler)
+    try:
+        r = pretrain(tiny_args(data, iters=2, extra=["--save", save, "--load", save, "--eval-iters", "0",
+                                                     "--token-filter", "mask", "--forget-threshold", "0.5",
+                                                     "--override-data-config"]))
+    finally:
+        logging.getLogger("megatron_tf").removeHandler(handler)
+    assert r.iterations == [2]
+    logged = [m.getMessage() for m in seen]
+    assert any("filter.token_filter differs: checkpoint 'none', now 'mask'" in m for m in logged), logged
+    assert any("filter.forget_threshold differs: checkpoint None, now 0.5" in m for m in logged), logged
+    assert any("training.train_iters differs: checkpoint 1, now 2" in m for m in logged), logged

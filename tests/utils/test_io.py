@@ -57,3 +57,28 @@ def test_atomic_directory_swaps_whole_directories(tmp_path):
         open(os.path.join(d, "b.txt"), "w").write("two")
     assert sorted(os.listdir(out)) == ["b.txt"]  # replaced as a whole
     assert os.listdir(tmp_path) == ["art"]  # no temporary or moved-aside directory left
+
+
+@pytest.mark.parametrize("umask, file_mode, dir_mode", [(0o022, 0o644, 0o755), (0o027, 0o640, 0o750)])
+def test_atomic_writers_honour_the_umask_even_for_safetensors(tmp_path, umask, file_mode, dir_mode):
+    """safetensors' save_file creates 0600 files (issue 14, item 12): exports and artifacts written through
+    atomic_directory, and atomic_write files, get the umask's modes so a shared cluster's group can read them."""
+    import torch
+    from safetensors.torch import save_file
+
+    from megatron_tf.utils.io import atomic_directory
+
+    old = os.umask(umask)
+    try:
+        with atomic_directory(str(tmp_path / "export")) as d:
+            save_file({"w": torch.zeros(2)}, os.path.join(d, "model.safetensors"))
+            os.makedirs(os.path.join(d, "sub"))
+            save_file({"w": torch.zeros(2)}, os.path.join(d, "sub", "x.safetensors"))
+        with atomic_write(str(tmp_path / "f.json"), "w") as f:
+            f.write("{}")
+    finally:
+        os.umask(old)
+    out = tmp_path / "export"
+    assert out.stat().st_mode & 0o777 == dir_mode and (out / "sub").stat().st_mode & 0o777 == dir_mode
+    for p in (out / "model.safetensors", out / "sub" / "x.safetensors", tmp_path / "f.json"):
+        assert p.stat().st_mode & 0o777 == file_mode, p
