@@ -130,6 +130,12 @@ def write_checkpoint(tmp: str, full: dict, cfg, tp: int, pp: int, run_config: di
     for name, obj in (("config.json", {"format": FORMAT, "iteration": 0, **run_config}), ("state.json", state)):
         with open(os.path.join(it, name), "w", encoding="utf-8") as fh:
             json.dump(obj, fh, indent=1, sort_keys=True)
+    try:  # checksums.json as the trainer writes it, where this version of the trainer has checksums
+        from megatron_tf.training.checkpoint_integrity import merge_pieces
+    except ImportError:
+        merge_pieces = None
+    if merge_pieces is not None:
+        merge_pieces(it, [os.path.join(r, f) for r, _, fs in os.walk(it) for f in fs])
     with open(os.path.join(tmp, LATEST), "w", encoding="utf-8") as fh:
         fh.write(iter_dirname(0) + "\n")
 

@@ -142,8 +142,7 @@ def write_hf_tokenizer_files(tokenizer: Tokenizer, out_dir: str, model_max_lengt
     tok_config = {"tokenizer_class": "PreTrainedTokenizerFast", **special, "add_bos_token": True,
                   "add_eos_token": False, "clean_up_tokenization_spaces": False, "padding_side": "right",
                   "model_max_length": int(model_max_length) if model_max_length else int(1e30),
-                  "megatron_tf_tokenizer": {"type": tokenizer.type_name, "fingerprint": tokenizer.fingerprint,
-                                            "source": os.path.basename(tokenizer.path)}}
+                  "megatron_tf_tokenizer": {"type": tokenizer.type_name, "fingerprint": tokenizer.fingerprint}}
     files = {"tokenizer.json": text, "tokenizer_config.json": json.dumps(tok_config, indent=2) + "\n",
              "special_tokens_map.json": json.dumps(special, indent=2) + "\n"}
     for name, content in files.items():

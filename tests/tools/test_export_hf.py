@@ -111,3 +111,29 @@ def test_relu2_and_layernorm_models_are_refused(tmp_path):
         with pytest.raises(ValueError, match=msg):
             export_llama(build_gpt_stage(cfg).state_dict(), cfg, str(tmp_path / "x"))
     assert not os.path.exists(tmp_path / "x")
+
+
+def test_load_round_trip_with_the_checkpoint_tokenizer(tmp_path):
+    """export (SentencePiece tokenizer) -> tools/import_hf.py (picks tokenizer.model, copies it into the checkpoint)
+    -> tools/export_hf.py --load (rebuilds the tokenizer from the checkpoint): the same files, byte for byte."""
+    from megatron_tf.tokenizer.tokenizer import SentencePieceTokenizer
+    from tools import import_hf
+
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    sp = SentencePieceTokenizer(os.path.join(repo, "data", "demo", "tokenizer", "demo_sp.model"))
+    cfg = _cfg(vocab_size=sp.vocab_size, make_vocab_size_divisible_by=128)
+    first = export_llama(build_gpt_stage(cfg, seed=6).state_dict(), cfg, str(tmp_path / "a"), tokenizer=sp)
+    assert import_hf.main(["--hf", first, "--output", str(tmp_path / "ckpt"), "--tensor-model-parallel-size", "2"]) == 0
+    assert os.path.isfile(tmp_path / "ckpt" / "tokenizer" / "tokenizer.model")
+    assert export_hf.main(["--load", str(tmp_path / "ckpt"), "--output", str(tmp_path / "b")]) == 0
+    names = sorted(os.listdir(first))
+    assert names == sorted(os.listdir(tmp_path / "b"))
+    for name in names:
+        if name != "megatron_tf_config.json":
+            assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+    a, b = (json.loads((tmp_path / d / "megatron_tf_config.json").read_text()) for d in "ab")
+    assert b.pop("make_vocab_size_divisible_by") == 2 * a.pop("make_vocab_size_divisible_by")  # merged from TP 2
+    assert a == b
+    with pytest.raises(FileExistsError, match="pass --overwrite"):
+        export_hf.main(["--load", str(tmp_path / "ckpt"), "--output", str(tmp_path / "b")])
+    assert export_hf.main(["--load", str(tmp_path / "ckpt"), "--output", str(tmp_path / "b"), "--overwrite"]) == 0
