@@ -71,8 +71,8 @@ def _token_level_privileged(ev: dict, tl: dict) -> bool | None:
     if "privileged" in tl:
         return None if tl["privileged"] is None else bool(tl["privileged"])
     labels = ev.get("labels")
-    if isinstance(labels, dict) and labels.get("privileged") is not None:
-        return bool(labels["privileged"])
+    if isinstance(labels, dict) and isinstance(labels.get("privileged"), bool):
+        return labels["privileged"]
     return None
 
 
