@@ -418,6 +418,9 @@ class _Builder:
                      s["tokens_filtered_fraction"], s["tokens"], s["documents_filtered_fraction"], s["documents"],
                      f"; forget tokens {s['forget_token_fraction']:.4f}" if "forget_token_fraction" in s else "")
             log.info("%s components:\n%s", SPLITS[i], format_components(s["components"]))
+        # the forget thresholds the flags were read at (a bit mask's own when no --forget-threshold was given)
+        self.stats["filter"]["forget_thresholds_used"] = sorted(
+            {src.flags.threshold for src in self.sources.values() if src.flags is not None})
         return GPTDatasets(out[0], out[1], out[2], self.stats)
 
     def _threshold_text(self) -> str:

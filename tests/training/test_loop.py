@@ -70,6 +70,7 @@ def test_train_tokens_count(data, tmp_path, count):
     assert (state["tokens_seen"], state["tokens_learned"]) == (steps * GBS * SEQ, sum(ref[:steps]))
     st = cfg["dataset_stats"]
     assert st["filter"]["forget_threshold"] == 0.5 and st["filter"]["token_filter"] == "mask"
+    assert st["filter"]["forget_thresholds_used"] == [0.5]
     assert st["train"]["components"][0]["prefix"] == data
 
 
