@@ -5,9 +5,12 @@
 #   SIZES=gpu NPROC=1 DATA_PREFIX=data/shared_train_text_document examples/scaling_sweep.sh
 #   SIZES=gpu NPROC=8 LAUNCHER=deepspeed DS_CONFIG=examples/ds_config_zero1.json DATA_PREFIX=... examples/scaling_sweep.sh
 #   TOKENS_SCALE=0.1 ARMS="none remove" examples/scaling_sweep.sh   # a quick smoke run
+#   DOCUMENT_FILTER_FRACTION=0.0154 examples/scaling_sweep.sh    # document arm matched to the token arms' share
+#   DRY_RUN=1 examples/scaling_sweep.sh                          # print every command, run nothing
 #
-# Every arm of a size trains on the same number of LEARNED tokens (--train-tokens counts unmasked targets), as in the
-# paper. Killed? Run it again: training resumes from the last checkpoint (--load), finished evaluations are skipped.
+# Every arm of a size trains on the same number of tokens, counted as TRAIN_TOKENS_COUNT: learned (default; unmasked
+# targets, as the paper's code) or seen (every input token). The report prints both counts and the training FLOPs per
+# arm, and its compute convention is COMPUTE (tools/scaling_report.py --compute; default paper, C = 6 * N * 20N). Killed? Run it again: training resumes from the last checkpoint (--load), finished evaluations are skipped.
 # Output: $OUT/ckpt/<size>-<arm>/ (checkpoints), $OUT/evals/<size>-<arm>.json|csv, $OUT/report/report.md (+ PNGs,
 # scaling.json, slowdowns.csv). Metrics and the slowdown definition: docs/evaluation.md.
 #
@@ -35,6 +38,12 @@ FORGET_THRESHOLD=${FORGET_THRESHOLD:-0.5}
 # 0.02 drops 78% of the medical and 22% of the biology training documents (and no general one); tune it for yours.
 DOCUMENT_THRESHOLD=${DOCUMENT_THRESHOLD:-0.02}
 DOCUMENT_SCORE_COLUMN=${DOCUMENT_SCORE_COLUMN:-mean_score}
+# Set DOCUMENT_FILTER_FRACTION=F to drop the documents that make up ~F of the train split's tokens instead of using a
+# fixed threshold (--document-filter-fraction; match it to the token arms' filtered share for a fair baseline).
+DOCUMENT_FILTER_FRACTION=${DOCUMENT_FILTER_FRACTION:-}
+TRAIN_TOKENS_COUNT=${TRAIN_TOKENS_COUNT:-learned}
+COMPUTE=${COMPUTE:-paper}
+DRY_RUN=${DRY_RUN:-0}                     # 1: print the commands (shell-quoted), run nothing
 HELDOUT_FORGET=${HELDOUT_FORGET:-data/demo/heldout/medical.jsonl.xz}
 HELDOUT_RETAIN=${HELDOUT_RETAIN:-data/demo/heldout/biology.jsonl.xz}
 HELDOUT_GENERAL=${HELDOUT_GENERAL:-data/demo/heldout/general.jsonl.xz}
@@ -62,23 +71,27 @@ case "$SIZES" in
   *) TABLE=$(cat "$SIZES") ;;
 esac
 
+run() {  # run a command, or print it shell-quoted under DRY_RUN=1
+  if [ "$DRY_RUN" = 1 ]; then printf '%q ' "$@"; printf '\n'; else "$@"; fi
+}
+
 launch() {
   case "$LAUNCHER" in
-    torchrun) torchrun --standalone --nproc_per_node "$NPROC" pretrain_gpt.py "$@" ;;
-    deepspeed) deepspeed --num_gpus "$NPROC" pretrain_gpt.py --deepspeed --deepspeed_config "$DS_CONFIG" "$@" ;;
-    python) "$PYTHON" pretrain_gpt.py "$@" ;;
+    torchrun) run torchrun --standalone --nproc_per_node "$NPROC" pretrain_gpt.py "$@" ;;
+    deepspeed) run deepspeed --num_gpus "$NPROC" pretrain_gpt.py --deepspeed --deepspeed_config "$DS_CONFIG" "$@" ;;
+    python) run "$PYTHON" pretrain_gpt.py "$@" ;;
     *) echo "unknown LAUNCHER=$LAUNCHER (torchrun | deepspeed | python)" >&2; exit 2 ;;
   esac
 }
 
-mkdir -p "$OUT"
+[ "$DRY_RUN" = 1 ] || mkdir -p "$OUT"
 if [ -z "$DATA_PREFIX" ]; then  # the bundled demo corpus: tokenize, then label with the blocklist
   DATA_PREFIX=$OUT/data/demo_train_text_document
   if [ ! -f "$DATA_PREFIX.forget.tokscores" ]; then
-    "$PYTHON" tools/preprocess_data.py --input data/demo/train/medical.jsonl.xz data/demo/train/biology.jsonl.xz \
+    run "$PYTHON" tools/preprocess_data.py --input data/demo/train/medical.jsonl.xz data/demo/train/biology.jsonl.xz \
       data/demo/train/general.jsonl.xz --output-prefix "$OUT/data/demo_train" --tokenizer-type "$TOKENIZER_TYPE" \
       --tokenizer-model "$TOKENIZER_MODEL" --json-keys text --append-eod --workers 2
-    "$PYTHON" tools/annotate.py --data-prefix "$DATA_PREFIX" --labeler blocklist --terms "$TERMS" \
+    run "$PYTHON" tools/annotate.py --data-prefix "$DATA_PREFIX" --labeler blocklist --terms "$TERMS" \
       --tokenizer-type "$TOKENIZER_TYPE" --tokenizer-model "$TOKENIZER_MODEL" \
       --write-mask-threshold "$FORGET_THRESHOLD" --no-progress
   fi
@@ -88,8 +101,14 @@ arm_flags() {
   case "$1" in
     none) echo "--token-filter none" ;;
     mask|remove) echo "--token-filter $1 --forget-threshold $FORGET_THRESHOLD" ;;
-    document) echo "--token-filter document --document-threshold $DOCUMENT_THRESHOLD \
---document-score-column $DOCUMENT_SCORE_COLUMN" ;;
+    document)
+      if [ -n "$DOCUMENT_FILTER_FRACTION" ]; then
+        echo "--token-filter document --document-filter-fraction $DOCUMENT_FILTER_FRACTION \
+--document-score-column $DOCUMENT_SCORE_COLUMN"
+      else
+        echo "--token-filter document --document-threshold $DOCUMENT_THRESHOLD \
+--document-score-column $DOCUMENT_SCORE_COLUMN"
+      fi ;;
     *) echo "unknown arm $1" >&2; exit 2 ;;
   esac
 }
@@ -104,23 +123,23 @@ while read -r name layers hidden heads seq mbs gbs tokens lr; do
   case "$name" in \#*) continue ;; esac
   budget=$(awk -v t="$tokens" -v s="$TOKENS_SCALE" 'BEGIN { printf "%d", t * s }')
   for arm in $ARMS; do
-    run=$name-$arm
-    ckpt=$OUT/ckpt/$run
-    echo "=== $run: ${layers} layers x ${hidden}, ${budget} learned tokens ==="
+    run_name=$name-$arm
+    ckpt=$OUT/ckpt/$run_name
+    echo "=== $run_name: ${layers} layers x ${hidden}, ${budget} tokens ($TRAIN_TOKENS_COUNT) ===" >&2
     # shellcheck disable=SC2046
     launch --num-layers "$layers" --hidden-size "$hidden" --num-attention-heads "$heads" \
       --seq-length "$seq" --micro-batch-size "$mbs" --global-batch-size "$gbs" --train-tokens "$budget" \
-      --lr "$lr" --min-lr "$(awk -v l="$lr" 'BEGIN { print l / 10 }')" --lr-warmup-fraction 0.05 \
+      --train-tokens-count "$TRAIN_TOKENS_COUNT" --lr "$lr" --min-lr "$(awk -v l="$lr" 'BEGIN { print l / 10 }')" --lr-warmup-fraction 0.05 \
       --lr-decay-style cosine --weight-decay 0.1 --clip-grad 1.0 \
       --tensor-model-parallel-size "$TP" --pipeline-model-parallel-size "$PP" \
       --tokenizer-type "$TOKENIZER_TYPE" --tokenizer-model "$TOKENIZER_MODEL" \
       --data-path "$DATA_PREFIX" --split 98,2,0 $(arm_flags "$arm") \
       --save "$ckpt" --load "$ckpt" --save-interval 200 --eval-interval 200 --eval-iters 5 --log-interval 20 \
       --bf16 --seed 1234
-    "$PYTHON" tools/evaluate.py --load "$ckpt" --output-dir "$OUT/evals" --run-name "$run" --arm "$arm" \
+    run "$PYTHON" tools/evaluate.py --load "$ckpt" --output-dir "$OUT/evals" --run-name "$run_name" --arm "$arm" \
       --size "$name" "${EVAL_ARGS[@]}"
   done
 done <<< "$TABLE"
 
-"$PYTHON" tools/scaling_report.py --evals "$OUT/evals/*.json" --output-dir "$OUT/report"
-echo "report: $OUT/report/report.md"
+run "$PYTHON" tools/scaling_report.py --evals "$OUT/evals/*.json" --output-dir "$OUT/report" --compute "$COMPUTE"
+echo "report: $OUT/report/report.md" >&2
