@@ -182,8 +182,8 @@ class _Builder:
                 raise ValueError("--filter-start-step needs the global batch size (pass global_batch_size)")
             start_sample = fcfg.filter_start_step * global_batch_size
         self.start_sample = start_sample
-        common = dict(hidden_id=tokenizer.hidden, eod_id=tokenizer.eod, eod_mask_loss=cfg.eod_mask_loss,
-                      reset_position_ids=cfg.reset_position_ids)
+        common = dict(hidden_id=tokenizer.hidden, eod_id=tokenizer.eod, pad_id=tokenizer.pad,
+                      eod_mask_loss=cfg.eod_mask_loss, reset_position_ids=cfg.reset_position_ids)
         mode = fcfg.token_filter if fcfg.token_filter != "document" else "none"
         self.train_filter = SampleFilter(mode, start_sample=start_sample if mode != "none" else 0,
                                          label_noise=fcfg.label_noise, seed=cfg.seed, **common)

@@ -22,6 +22,8 @@ token is <|endoftext|>, applied in every mode.
 --label-noise p: each forget flag (seq_length + 1 per sample) is flipped iff u < p, u = uniform_hash(seed,
 consumed sample index, position) (splitmix64, below): deterministic, so a resumed run sees the same noise. The
 returned `forget` / `forget_labels` are the flags actually used (after noise).
+Special tokens (<|endoftext|>, <|hidden|>, and <|pad|> when given) are never forget: their flags are cleared after the
+label noise, so no mode hides or masks them for being forget (--eod-mask-loss still masks eod inputs by its rule).
 --filter-start-step S: a train sample whose consumed index is < S * global_batch_size is built as in none (its
 forget flags are still reported).
 """
@@ -44,6 +46,7 @@ from .sidecar import (
     SidecarError,
     TokenMask,
     TokenScores,
+    mask_binding_problem,
     quantize_threshold,
     read_header,
     sidecar_path,
@@ -101,22 +104,41 @@ class ForgetFlags:
 
 def open_forget_flags(dataset: IndexedDataset, fingerprint: str, name: str, threshold: float | None,
                       required: bool) -> ForgetFlags | None:
-    """Prefer the bit mask P.name.tokmask when it was made at `threshold` (or threshold is None), else the token
-    scores P.name.tokscores thresholded at `threshold`. None when no usable sidecar exists and not `required`."""
+    """Prefer the bit mask P.name.tokmask when it was made at `threshold` (or threshold is None) and is bound to the
+    token scores beside it (sidecar.mask_binding_problem), else the token scores P.name.tokscores thresholded at
+    `threshold`. A stale mask (derived from other token scores than the P.name.tokscores present: an earlier
+    annotation) is ignored with a warning naming both files; with no threshold given it is an error. None when no
+    usable sidecar exists and not `required`. Logs which sidecar file it read."""
     prefix = dataset.path_prefix
     mask_path = sidecar_path(prefix, KIND_TOKEN_MASK, name)
     scores_path = sidecar_path(prefix, KIND_TOKEN_SCORES, name)
     if os.path.isfile(mask_path):
-        mask_t = float(read_header(mask_path).metadata["threshold"])
-        if threshold is None or quantize_threshold(threshold) == quantize_threshold(mask_t):
-            return ForgetFlags(TokenMask(mask_path, dataset, fingerprint), mask_t)
+        mh = read_header(mask_path)
+        mask_t = float(mh.metadata["threshold"])
+        stale = mask_binding_problem(mask_path, mh, scores_path)
+        if stale is not None:
+            if threshold is None:
+                raise SidecarError(f"stale bit mask {mask_path}: {stale}. Pass --forget-threshold T to use "
+                                   f"{scores_path} (the mask was made at {mask_t}), or re-run tools/annotate.py, "
+                                   "which rewrites or removes the mask")
+            log.warning("IGNORING STALE BIT MASK %s: %s. Using %s at threshold %s instead; re-run tools/annotate.py "
+                        "to rewrite or remove the mask", mask_path, stale, scores_path, threshold)
+        elif threshold is None or quantize_threshold(threshold) == quantize_threshold(mask_t):
+            if not os.path.isfile(scores_path):
+                log.warning("%s: bit mask without the token scores %s it was derived from; its binding cannot be "
+                            "checked", mask_path, scores_path)
+            flags = ForgetFlags(TokenMask(mask_path, dataset, fingerprint), mask_t)
+            log.info("%s: forget flags from bit mask %s (threshold %s)", prefix, mask_path, mask_t)
+            return flags
     if os.path.isfile(scores_path):
         if threshold is None:
             if required:
                 raise SidecarError(f"{scores_path}: token scores need --forget-threshold (no bit mask "
                                    f"{mask_path} gives a default)")
             return None
-        return ForgetFlags(TokenScores(scores_path, dataset, fingerprint), threshold)
+        flags = ForgetFlags(TokenScores(scores_path, dataset, fingerprint), threshold)
+        log.info("%s: forget flags from token scores %s at threshold %s", prefix, scores_path, threshold)
+        return flags
     if required:
         at = "" if threshold is None else f" at threshold {threshold}"
         raise FileNotFoundError(f"no forget sidecar for {prefix}: expected {scores_path} or {mask_path}{at} "
@@ -173,6 +195,7 @@ def document_scores(dataset: IndexedDataset, fingerprint: str, name: str, column
     if os.path.isfile(doc_path):
         ds = DocumentScores(doc_path, dataset, fingerprint)
         if column in ds.columns:
+            log.info("%s: document score %s from %s", prefix, column, doc_path)
             return np.asarray(ds.column(column))
     if not os.path.isfile(scores_path):
         raise FileNotFoundError(f"document score column {column!r} of {prefix}: expected it in {doc_path} or token "
@@ -218,10 +241,13 @@ class SampleFilter:
     """Turns a sample's stream tokens (seq_length + 1) and forget flags into the sample dict (module doc)."""
 
     def __init__(self, mode: str, hidden_id: int, eod_id: int, eod_mask_loss: bool = False,
-                 reset_position_ids: bool = False, start_sample: int = 0, label_noise: float = 0.0, seed: int = 0):
+                 reset_position_ids: bool = False, start_sample: int = 0, label_noise: float = 0.0, seed: int = 0,
+                 pad_id: int | None = None):
         self.mode = mode
         self.hidden_id = int(hidden_id)
         self.eod_id = int(eod_id)
+        self.special_ids = tuple(sorted({self.eod_id, self.hidden_id} | ({int(pad_id)} if pad_id is not None else
+                                                                          set())))
         self.eod_mask_loss = eod_mask_loss
         self.reset_position_ids = reset_position_ids
         self.start_sample = int(start_sample)
@@ -235,6 +261,12 @@ class SampleFilter:
             flags = np.zeros(n + 1, dtype=bool)
         if self.label_noise > 0.0 and consumed_index is not None:
             flags = flags ^ (uniform_hash(self.seed, consumed_index, n + 1) < self.label_noise)
+        if flags.any():  # special tokens are never forget (a labeler or the noise may have flagged them)
+            special = text == self.special_ids[0]
+            for s in self.special_ids[1:]:
+                special |= text == s
+            if special.any():
+                flags = flags & ~special
         active = self.mode in ("mask", "remove") and (consumed_index is None or consumed_index >= self.start_sample)
         keep = ~flags[1:] if active else np.ones(n, dtype=bool)
         if self.eod_mask_loss:

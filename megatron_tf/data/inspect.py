@@ -54,7 +54,7 @@ def open_inspection(prefix: str, tokenizer: Tokenizer, fcfg: FilterConfig, seq_l
         summary["components"] = [row]
         return summary, None
     mode = fcfg.token_filter if fcfg.token_filter != "document" else "none"
-    filt = SampleFilter(mode, tokenizer.hidden, tokenizer.eod)
+    filt = SampleFilter(mode, tokenizer.hidden, tokenizer.eod, pad_id=tokenizer.pad)
     ds = GPTDataset(src, docs, None, seq_length, seed, filt, cache_dir, "train")
     summary["samples"] = len(ds)
     summary["seq_length"] = seq_length

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import warnings
 
 import numpy as np
@@ -11,10 +13,11 @@ import pytest
 
 from megatron_tf.data.builder import DatasetMetaError, build_gpt_datasets, meta_path
 from megatron_tf.data.config import FilterConfig, GPTDatasetConfig
-from megatron_tf.data.filters import SampleFilter, uniform_hash
+from megatron_tf.data.filters import SampleFilter, open_forget_flags, uniform_hash
+from megatron_tf.data.sidecar import KIND_TOKEN_MASK, KIND_TOKEN_SCORES, SidecarError
 from megatron_tf.tokenizer.tokenizer import TokenizerError
 
-from .gpt_synth import EOD, HIDDEN, forget_pattern, make_prefix, random_docs, tokenizer
+from .gpt_synth import EOD, HIDDEN, PAD, forget_pattern, make_prefix, random_docs, tokenizer
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*meta.json not found")
 S = 16
@@ -43,7 +46,7 @@ def reference(docs, q, qt, ds, i):
     for d in ds.document_index:
         for o, t in enumerate(docs[d]):
             toks.append(int(t))
-            flags.append(bool(q[starts[d] + o] >= qt))
+            flags.append(bool(q[starts[d] + o] >= qt) and int(t) not in (EOD, HIDDEN, PAD))  # specials: never forget
     j = int(ds.shuffle_index[i])
     return toks[j * S : j * S + S + 1], flags[j * S : j * S + S + 1]
 
@@ -133,19 +136,55 @@ def test_bit_mask_sidecar_preferred(tmp_path):
     docs = random_docs(rng, 30)
     n = sum(len(d) for d in docs)
     q = forget_pattern(rng, n)
-    prefix, ds = make_prefix(tmp_path, "d", docs, q)
-    from megatron_tf.data.sidecar import write_token_mask
+    prefix, ds = make_prefix(tmp_path, "d", docs, q, mask_threshold=0.5)
+    from megatron_tf.data.sidecar import read_header, sidecar_path
 
-    other = rng.random(n) < 0.3  # a different pattern, so we can tell which sidecar was read
-    write_token_mask(ds, other, 0.5, {"labeler": "test"})
-    train = build(prefix, tmp_path, FilterConfig(token_filter="mask", forget_threshold=0.5)).train
-    check_all_positions(train, docs, other.astype(np.uint8), 1, "mask")
+    mask_meta = read_header(sidecar_path(prefix, KIND_TOKEN_MASK)).metadata
+    assert mask_meta["token_scores_xxh3_64"] == read_header(sidecar_path(prefix, KIND_TOKEN_SCORES)).checksum
+    # a bound mask at the requested threshold, or with none requested, is read (the log names it)
+    for fc in (FilterConfig(token_filter="mask", forget_threshold=0.5), FilterConfig(token_filter="remove")):
+        flags = open_forget_flags(ds, ds.fingerprint(), "forget", fc.forget_threshold, True)
+        assert flags.is_mask and flags.path == sidecar_path(prefix, KIND_TOKEN_MASK)
+        train = build(prefix, tmp_path, fc).train
+        check_all_positions(train, docs, q, 128, fc.token_filter)
     # another threshold than the mask's -> token scores
     train = build(prefix, tmp_path, FilterConfig(token_filter="mask", forget_threshold=0.6)).train
     check_all_positions(train, docs, q, 153, "mask")
-    # no threshold given -> the mask's threshold
+    # a mask alone (no token scores beside it) is read
+    os.remove(sidecar_path(prefix, KIND_TOKEN_SCORES))
     train = build(prefix, tmp_path, FilterConfig(token_filter="remove")).train
-    check_all_positions(train, docs, other.astype(np.uint8), 1, "remove")
+    check_all_positions(train, docs, q, 128, "remove")
+
+
+def test_stale_bit_mask_is_ignored(tmp_path):
+    """Issue 14 item 1: annotate with a mask, re-annotate (other labels) without one: the old mask must not win."""
+    from megatron_tf.data.sidecar import sidecar_path, write_token_mask, write_token_scores
+
+    rng = np.random.default_rng(4)
+    docs = random_docs(rng, 30)
+    n = sum(len(d) for d in docs)
+    old = forget_pattern(rng, n)
+    prefix, ds = make_prefix(tmp_path, "d", docs, old, mask_threshold=0.5)
+    new = np.where(rng.random(n) < 0.1, 255, 0).astype(np.uint8)  # the re-annotation: other labels
+    write_token_scores(ds, new, {"labeler": "new"})
+    mask_path, scores_path = sidecar_path(prefix, KIND_TOKEN_MASK), sidecar_path(prefix, KIND_TOKEN_SCORES)
+    seen = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = seen.append
+    logging.getLogger("megatron_tf").addHandler(handler)
+    try:
+        train = build(prefix, tmp_path, FilterConfig(token_filter="mask", forget_threshold=0.5)).train
+    finally:
+        logging.getLogger("megatron_tf").removeHandler(handler)
+    check_all_positions(train, docs, new, 128, "mask")  # before the fix: the old mask's flags
+    msgs = [r.getMessage() for r in seen]
+    assert any("IGNORING STALE BIT MASK" in m and mask_path in m and scores_path in m for m in msgs), msgs
+    with pytest.raises(SidecarError, match=rf"stale bit mask {re.escape(mask_path)}: .*Pass --forget-threshold"):
+        build(prefix, tmp_path, FilterConfig(token_filter="remove"))
+    # an unbound mask (flags that are not the token scores') is ignored as well
+    write_token_mask(ds, rng.random(n) < 0.3, 0.5, {"labeler": "test"})
+    train = build(prefix, tmp_path, FilterConfig(token_filter="remove", forget_threshold=0.5)).train
+    check_all_positions(train, docs, new, 128, "remove")
 
 
 def test_eod_mask_loss_and_reset_position_ids(corpus):
@@ -178,8 +217,10 @@ def test_label_noise_deterministic_and_rate(corpus):
         np.testing.assert_array_equal(a["forget"], b["forget"])  # same consumed index -> same noise
         c = clean[i]
         flipped = np.append(a["forget"], a["forget_labels"][-1]) ^ np.append(c["forget"], c["forget_labels"][-1])
-        flips += int(flipped.sum())
-        total += S + 1
+        special = np.append(a["tokens"], a["labels"][-1]) == EOD  # never forget, so never flipped
+        assert not flipped[special].any()
+        flips += int(flipped[~special].sum())
+        total += int((~special).sum())
         np.testing.assert_array_equal(a["loss_mask"], np.where(a["forget_labels"], 0.0, 1.0).astype(np.float32))
     sd = np.sqrt(total * p * (1 - p))
     assert abs(flips - p * total) < 5 * sd, (flips, total)
@@ -249,6 +290,24 @@ def test_remove_keeps_labels_shifted_tokens():
     assert s["tokens"].tolist() == [HIDDEN, 1, 2, 3, HIDDEN, 5, 6, 7, 8]
     assert s["labels"].tolist() == [1, 2, 3, HIDDEN, 5, 6, 7, 8, HIDDEN]
     assert s["loss_mask"].tolist() == [1, 1, 1, 0, 1, 1, 1, 1, 0]
+
+
+@pytest.mark.parametrize("mode", ["mask", "remove"])
+def test_special_tokens_are_never_hidden_or_masked_for_being_forget(mode):
+    """Issue 14 item 15: a probe that flags every token, and --label-noise 1 that flips every flag."""
+    text = np.array([3, EOD, 4, HIDDEN, 5, PAD, 6, EOD, 7], dtype=np.int64)
+    special = np.isin(text, [EOD, HIDDEN, PAD])
+    want_tokens = np.where(special, text, HIDDEN)[:-1].tolist()  # every non-special input hidden in remove mode
+    for flags, noise in ((np.ones(9, bool), 0.0), (np.zeros(9, bool), 1.0)):
+        f = SampleFilter(mode, hidden_id=HIDDEN, eod_id=EOD, pad_id=PAD, label_noise=noise, seed=1)
+        s = f.make_sample(text.copy(), flags, 0)
+        assert s["forget"].tolist() == (~special[:-1]).tolist()
+        assert s["forget_labels"].tolist() == (~special[1:]).tolist()
+        assert s["loss_mask"].tolist() == special[1:].astype(np.float32).tolist()  # only special targets train
+        assert s["tokens"].tolist() == (want_tokens if mode == "remove" else text[:-1].tolist())
+    # without pad_id (older callers) eod and hidden are still protected
+    s = SampleFilter(mode, hidden_id=HIDDEN, eod_id=EOD).make_sample(text.copy(), np.ones(9, bool), None)
+    assert s["forget"].tolist() == (~np.isin(text, [EOD, HIDDEN]))[:-1].tolist()
 
 
 def test_missing_sidecar_is_a_clear_error(tmp_path):

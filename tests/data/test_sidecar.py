@@ -121,25 +121,34 @@ def test_flags_follow_original_scores_away_from_the_quantization_step(tmp_path):
 
 
 # ---- the worked example, byte for byte --------------------------------------------------------------------------
+def _xxh3(payload: bytes) -> int:
+    import xxhash
+
+    return xxhash.xxh3_64(payload).intdigest()  # the documented checksum, computed by the library directly
+
+
 def test_worked_example_bytes_match_spec_and_docs(example):
     path = write_token_scores(example, quantize_scores(EXAMPLE_SCORES), {})
     assert path == example.path_prefix + ".forget.tokscores"
     meta = json.dumps({"quantization": "q = round(255 * score)"}, sort_keys=True).encode()
     assert len(meta) == 42
-    fixed = struct.pack("<8sHHIQQ32sI", b"MTFSIDE\x00", 1, 1, 128, 5, 2, _fingerprint_by_spec(example.path_prefix),
-                        len(meta))
-    expected = fixed + meta + b"\x00" * (128 - 68 - 42) + bytes([0, 51, 255, 128, 191])
+    payload = bytes([0, 51, 255, 128, 191])
+    fixed = struct.pack("<8sHHIQQ32sQI", b"MTFSIDE\x00", 2, 1, 128, 5, 2, _fingerprint_by_spec(example.path_prefix),
+                        _xxh3(payload), len(meta))
+    assert len(fixed) == 76
+    expected = fixed + meta + b"\x00" * (128 - 76 - 42) + payload
     data = open(path, "rb").read()
     assert data == expected
     assert data == _doc_hex_block("tokscores")
     assert example.fingerprint() == _fingerprint_by_spec(example.path_prefix).hex()
+    assert read_header(path).checksum == f"{_xxh3(payload):016x}" == "a580ed3899e23088"
 
     mask_path = write_token_mask(example, quantize_scores(EXAMPLE_SCORES) >= 128, 0.5, {})
     mdata = open(mask_path, "rb").read()
-    mmeta = b'{"bitorder": "little", "threshold": 0.5}'
-    assert mdata == (struct.pack("<8sHHIQQ32sI", b"MTFSIDE\x00", 1, 2, 128, 5, 2,
-                                 _fingerprint_by_spec(example.path_prefix), len(mmeta))
-                     + mmeta + b"\x00" * (128 - 68 - len(mmeta)) + bytes([0b00011100]))
+    mmeta = b'{"bitorder": "little", "threshold": 0.5, "token_scores_xxh3_64": "a580ed3899e23088"}'
+    assert mdata == (struct.pack("<8sHHIQQ32sQI", b"MTFSIDE\x00", 2, 2, 192, 5, 2,
+                                 _fingerprint_by_spec(example.path_prefix), _xxh3(bytes([0b00011100])), len(mmeta))
+                     + mmeta + b"\x00" * (192 - 76 - len(mmeta)) + bytes([0b00011100]))
     assert mdata == _doc_hex_block("tokmask")
 
 
@@ -147,9 +156,10 @@ def test_header_round_trip_and_payload_alignment(example):
     for meta_len in range(0, 200, 7):
         path = write_token_scores(example, np.arange(5, dtype=np.uint8), {"pad": "x" * meta_len})
         h = read_header(path)
-        assert h.payload_offset % 64 == 0 and h.payload_offset >= 68 + len(json.dumps(h.metadata, sort_keys=True))
-        assert h.payload_offset - 64 < 68 + len(json.dumps(h.metadata, sort_keys=True))
+        assert h.payload_offset % 64 == 0 and h.payload_offset >= 76 + len(json.dumps(h.metadata, sort_keys=True))
+        assert h.payload_offset - 64 < 76 + len(json.dumps(h.metadata, sort_keys=True))
         assert h.metadata["pad"] == "x" * meta_len and (h.num_tokens, h.num_documents) == (5, 2)
+        assert h.version == 2 and h.checksum == f"{_xxh3(bytes(range(5))):016x}"
         assert TokenScores(path, example).q.tolist() == [0, 1, 2, 3, 4]
 
 
@@ -271,13 +281,14 @@ def test_corrupt_files_give_clear_errors(example):
             TokenScores(path, example)
         assert path in str(e.value)
 
-    check(good[:40], "truncated sidecar header: expected at least 68 bytes, found 40")
+    check(good[:40], "truncated sidecar header: expected at least 76 bytes, found 40")
     check(b"NOTSIDE\x00" + good[8:], "bad sidecar magic")
-    check(good[:8] + struct.pack("<H", 7) + good[10:], "unsupported sidecar version: expected 1, found 7")
+    check(good[:8] + struct.pack("<H", 7) + good[10:],
+          r"unsupported sidecar version: expected one of \[1, 2\], found 7")
     check(good[:10] + struct.pack("<H", 9) + good[12:], "unknown sidecar kind")
-    check(good[:64] + struct.pack("<I", 4000) + good[68:], "corrupt sidecar header: metadata length 4000")
+    check(good[:72] + struct.pack("<I", 4000) + good[76:], "corrupt sidecar header: metadata length 4000")
     check(good[:12] + struct.pack("<I", 192) + good[16:], "needs payload offset 128, header says 192")
-    check(good[:68] + b"\xff" * 42 + good[110:], "corrupt sidecar metadata JSON")
+    check(good[:76] + b"\xff" * 42 + good[118:], "corrupt sidecar metadata JSON")
     check(good[:-1], f"expected {len(good)} bytes, found {len(good) - 1}")
     check(good + b"\x00", f"expected {len(good)} bytes, found {len(good) + 1}")
     check(good[:16] + struct.pack("<Q", 6) + good[24:], "size mismatch")
@@ -297,3 +308,117 @@ def test_write_validates_shapes(example):
         write_token_mask(example, np.zeros(5, bool), 0.0, {})
     assert sidecar_path("a/b", KIND_DOC_SCORES, "n") == "a/b.n.docscores"
     assert sidecar_path("a/b", KIND_TOKEN_MASK) == "a/b.forget.tokmask"
+
+
+# ---- payload checksums, version 1 files, verify_sidecars (issue 14, item 8) ------------------------------------
+def _log_records(level=30):
+    import logging
+
+    seen = []
+    handler = logging.Handler(level)
+    handler.emit = seen.append  # the package logger does not propagate to pytest's caplog
+    logging.getLogger("megatron_tf").addHandler(handler)
+    return seen, lambda: logging.getLogger("megatron_tf").removeHandler(handler)
+
+
+def _flip_payload_byte(path: str, k: int = 0) -> None:
+    h = read_header(path)
+    with open(path, "r+b") as f:
+        f.seek(h.payload_offset + k)
+        b = f.read(1)
+        f.seek(h.payload_offset + k)
+        f.write(bytes([b[0] ^ 0x40]))
+
+
+@pytest.mark.parametrize("kind", ["tokscores", "tokmask", "docscores"])
+def test_flipped_payload_byte_is_refused_at_open_and_by_verify(example, kind):
+    from megatron_tf.data.sidecar import verify_sidecars
+    from megatron_tf.utils.checksum import ChecksumError
+
+    q = quantize_scores(EXAMPLE_SCORES)
+    paths = {"tokscores": write_token_scores(example, q, {}), "tokmask": write_token_mask(example, q >= 128, 0.5, {}),
+             "docscores": write_document_scores(example, np.array([[0.4, 1.0], [0.6, 0.75]], np.float32),
+                                                ["mean_score", "max_score"], {})}
+    assert verify_sidecars(example.path_prefix) == sorted(paths.values())
+    cls = {"tokscores": TokenScores, "tokmask": TokenMask, "docscores": DocumentScores}[kind]
+    _flip_payload_byte(paths[kind])  # before: the flags silently changed (6.5% -> 20% forget)
+    with pytest.raises(ChecksumError, match=rf"{re.escape(paths[kind])}: sidecar payload checksum mismatch"):
+        cls(paths[kind], example)
+    with pytest.raises(ChecksumError, match=re.escape(paths[kind])):
+        verify_sidecars(example.path_prefix)
+    assert verify_sidecars(example.path_prefix, name="nope") == []
+
+
+def test_verification_happens_once_per_file_version(example, monkeypatch):
+    import megatron_tf.data.sidecar as sc
+
+    path = write_token_scores(example, np.arange(5, dtype=np.uint8), {})
+    calls = []
+    real = sc.digest_file
+    monkeypatch.setattr(sc, "digest_file", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    TokenScores(path, example)
+    TokenScores(path, example)
+    assert calls == [path]
+    write_token_scores(example, np.arange(1, 6, dtype=np.uint8), {})  # a new file version is checked again
+    TokenScores(path, example)
+    assert calls == [path, path]
+
+
+def _write_v1(example, payload: bytes, kind: int = 1, meta: dict | None = None) -> str:
+    """A version 1 file by the old layout (68-byte fixed header, no checksum)."""
+    m = json.dumps(meta or {"quantization": "q = round(255 * score)"}, sort_keys=True).encode()
+    off = (68 + len(m) + 63) // 64 * 64
+    data = struct.pack("<8sHHIQQ32sI", b"MTFSIDE\x00", 1, kind, off, 5, 2, _fingerprint_by_spec(example.path_prefix),
+                       len(m)) + m + b"\x00" * (off - 68 - len(m)) + payload
+    path = example.path_prefix + ".forget." + {1: "tokscores", 2: "tokmask"}[kind]
+    open(path, "wb").write(data)
+    return path
+
+
+def test_version_1_files_are_read_with_a_warning(example):
+    from megatron_tf.data.sidecar import verify_sidecars
+
+    path = _write_v1(example, bytes([0, 51, 255, 128, 191]))
+    seen, done = _log_records()
+    try:
+        ts = TokenScores(path, example)
+        assert verify_sidecars(example.path_prefix) == []  # nothing it could check
+    finally:
+        done()
+    assert ts.q.tolist() == [0, 51, 255, 128, 191] and ts.header.version == 1 and ts.header.checksum is None
+    msgs = [r.getMessage() for r in seen]
+    assert any(path in m and "has no payload checksum" in m and "re-run tools/annotate.py" in m for m in msgs), msgs
+
+
+def test_document_scores_out_of_range_are_refused(example):
+    for bad, shown in ((1.5, "1.5"), (np.nan, "nan"), (-0.25, "-0.25")):
+        vals = np.array([[0.5, 1.0], [bad, 0.75]], np.float32)
+        path = write_document_scores(example, vals, ["mean_score", "max_score"], {})
+        d = DocumentScores(path, example)
+        np.testing.assert_array_equal(d.column("max_score"), vals[:, 1])
+        with pytest.raises(SidecarError, match=rf"{re.escape(path)}: document score column 'mean_score' must hold "
+                                               rf"finite values in \[0, 1\], found {shown} for document 1"):
+            d.column("mean_score")
+
+
+def test_disk_full_while_writing_names_the_file(example, monkeypatch):
+    import errno
+
+    import megatron_tf.data.sidecar as sc
+
+    class Full:
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, b):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    orig_write_array = sc._write_array  # the raw file write fails, as on a full disk
+    monkeypatch.setattr(sc, "_write_array", lambda f, payload, path, tmp: orig_write_array(Full(f), payload, path,
+                                                                                             tmp))
+    with pytest.raises(OSError) as e:
+        write_token_scores(example, np.arange(5, dtype=np.uint8), {})
+    path = sidecar_path(example.path_prefix, KIND_TOKEN_SCORES)
+    assert e.value.errno == errno.ENOSPC and f"writing sidecar {path}" in str(e.value)
+    assert "No space left on device" in str(e.value)
+    assert not [f for f in os.listdir(os.path.dirname(path)) if ".forget." in f]  # the temporary file is gone
