@@ -91,7 +91,8 @@ def main(argv=None) -> int:
         if s["arm"] != args.baseline_arm:
             flag = f" (extrapolated: {s['extrapolation']})" if s["extrapolated"] else ""
             priv = {True: " [privileged labels]", None: " [privileged-unknown labels]"}.get(s["privileged"], "")
-            cells = ", ".join(f"{c} {fmt_ratio(s['by_convention'][c]['slowdown'])}x" for c in convs)
+            cells = ", ".join(f"{c} {fmt_ratio(v)}{'x' if v is not None else ''}"
+                              for c, v in ((c, s["by_convention"][c]["slowdown"]) for c in convs))
             print(f"{s['metric']:>10} {s['domain']:>8} {s['variant']:>12} {s['size']:>8}: slowdown {cells}{flag}{priv}")
     print(f"report: {paths['report']}")
     return 0

@@ -51,6 +51,22 @@ def _plain_y(ax) -> None:
     ax.tick_params(axis="y", which="minor", labelsize=7)
 
 
+def _size_ticks(ax, xs: list[float]) -> None:
+    """Major ticks at the sizes' x values, labelled 1.13M etc.; no minor labels (they collide under a decade)."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
+
+    ax.xaxis.set_major_locator(FixedLocator(xs))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: _human_n(v)))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def _human_n(n: float) -> str:
+    for unit, div in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= div:
+            return f"{n / div:.3g}{unit}"
+    return f"{n:.3g}"
+
+
 def _save(fig, path: str) -> str:
     with atomic_write(path, "wb") as f:
         fig.savefig(f, format="png", dpi=110, bbox_inches="tight")
@@ -118,6 +134,9 @@ def plot_loss_vs_compute(analysis: dict, metric: str, path: str) -> str | None:
         ax.set_xscale("log")
         ax.set_yscale("log")
         _plain_y(ax)
+        from matplotlib.ticker import NullFormatter
+
+        ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels collide when C spans under a decade
         ax.set_xlabel(f"training compute (FLOPs), {_conv_label(analysis)}", fontsize=8)
         ax.set_ylabel(METRIC_LABEL[metric])
         ax.set_title(dom)
@@ -182,6 +201,7 @@ def plot_slowdown_vs_size(analysis: dict, metric: str, path: str) -> str | None:
         ax.set_xscale("log")
         ax.set_yscale("log")
         _plain_y(ax)
+        _size_ticks(ax, sorted({s["N"] or s["compute"] for s in rows}))
         ax.set_xlabel("parameters N" if all(s["N"] for s in rows) else "compute C")
         ax.set_ylabel("compute slowdown C_f / C_none(L_f)")
         ax.set_title(dom)
@@ -219,7 +239,7 @@ def plot_frontier(analysis: dict, path: str) -> str | None:
                             xytext=(4, 3), textcoords="offset points", color=color)
         ax.set_xlabel("forget all-token loss (nats/token; right: more removed)")
         ax.set_ylabel("retain all-token loss (nats/token; lower: better kept)")
-        ax.set_title(f"{size}: filtered share of training tokens", fontsize=9)
+        ax.set_title(f"{size}; points: filtered share of training tokens (achieved %, or nominal f=)", fontsize=9)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle("threshold frontier: token vs document filtering", fontsize=10)

@@ -54,6 +54,9 @@ class TrainingConfig:
         "tiny model's steps up to 70x slower on this x86 VM (benchmarks/bench_train.py)."))
     label_smoothing: float = field(default=0.0, metadata=opt(
         "Label smoothing of the cross-entropy (torch's definition; 0 = none)."))
+    skip_nonfinite_steps: int = field(default=0, metadata=opt(
+        "Divergence guard: a step whose loss or gradient norm is NaN/inf is never applied and stops the run "
+        "(exit status 1); up to N such steps over the run are skipped instead (logged) (training/divergence.py)."))
 
     def __post_init__(self):
         def bad(msg):
@@ -72,6 +75,8 @@ class TrainingConfig:
             bad(f"--train-tokens-count must be one of {TRAIN_TOKEN_COUNTS}, got {self.train_tokens_count!r}")
         if not 0.0 <= self.label_smoothing < 1.0:
             bad(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.skip_nonfinite_steps < 0:
+            bad(f"--skip-nonfinite-steps must be >= 0, got {self.skip_nonfinite_steps}")
 
     def token_budget_samples(self, gbs: int, learned_fraction) -> int:
         """Train samples to build for --train-tokens: seen tokens give the step count exactly (ceil(budget / (gbs x

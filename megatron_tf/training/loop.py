@@ -9,7 +9,8 @@ One optimizer step (`Trainer.train_step`):
  4. sum sequence-parallel norm gradients over TP and tied-embedding gradients over the first/last stage; average
     gradients over DP (DDP during the last microbatch's backward; explicitly after the schedule with PP > 1, where
     DDP's reducer would fire on the wrong microbatch; DeepSpeed in engine.step());
- 5. global gradient norm over TP x PP, clip, set the LR, AdamW step.
+ 5. global gradient norm over TP x PP; divergence guard (divergence.py: a non-finite loss or norm is never
+    applied); clip, set the LR, AdamW step.
 Host synchronisation: none per step in iteration mode (losses, counts and norms stay on the device until a log,
 eval or save point); one scalar per step with --train-tokens counting learned tokens (the learned count decides when
 to stop); none with --train-tokens-count seen (global batch x seq length per step, known on the host).
@@ -43,6 +44,7 @@ from . import checkpoint as ckpt
 from . import deepspeed_engine as dse
 from .arguments import Configs
 from .distributed import init_distributed
+from .divergence import DivergenceGuard, is_finite, nonfinite_step
 from .evaluate import build_eval_datasets, eval_num_samples
 from .loss import global_count, local_learned_tokens, loss_scale, microbatch_objective, use_one_pass
 from .lr_schedule import build_lr_schedule
@@ -69,6 +71,7 @@ class TrainResult:
     lrs: list[float] = field(default_factory=list)
     grad_norms: list[float] = field(default_factory=list)
     learned_per_step: list[int] = field(default_factory=list)
+    skipped_nonfinite: list[int] = field(default_factory=list)  # iterations skipped by --skip-nonfinite-steps
     evals: list[dict] = field(default_factory=list)  # {"iteration", "name", "loss", "tokens", ...}
     save_dir: str | None = None
     last_checkpoint: str | None = None
@@ -192,6 +195,7 @@ class Trainer:
         self.tokens_seen = int(rs.get("tokens_seen", 0))
         self.tokens_learned = int(rs.get("tokens_learned", 0))
         self.last_saved_iteration = self.iteration if self.resume_dir is not None and rs else None
+        self.guard, self.step_skipped, self.step_applied = DivergenceGuard(t.skip_nonfinite_steps, g.rank), False, False
 
         # ---- data ----
         self._build_data()
@@ -360,27 +364,31 @@ class Trainer:
         if self.explicit_dp:
             allreduce_mean_grads(list(self.module.parameters()), g.dp_group, g.dp_size)
 
-        params = list(self.module.parameters())
-        if self.engine is None:
-            counted = norm_params(self.module, g.tp_rank, skip_shared_embedding=self.tied_pp and not
-                                  g.is_first_stage)
-            gnorm = global_grad_norm(counted, g.mp_group)
-            clip_grads_(params, gnorm, cfgs.optimizer.clip_grad)
-            set_lr(self.optimizer, lr)
-            self.optimizer.step()
-        else:
-            set_lr(self.engine.optimizer, lr)
-            self.engine.step()
-            n = self.engine.get_global_grad_norm()
-            gnorm = torch.as_tensor(float(n) if n is not None else float("nan"), device=self.device)
-
-        # global loss: sum over DP, then from the last stage to every stage
+        # global loss (sum over DP, then from the last stage to every stage), before the update: the guard needs it
         if g.dp_group is not None:
             dist.all_reduce(loss_sum, group=g.dp_group)
         if g.pp_group is not None:
             dist.all_reduce(loss_sum, group=g.pp_group)  # non-last stages contribute 0
         loss = torch.where(count[0] > 0, loss_sum / count[0].clamp(min=1.0), torch.zeros_like(loss_sum))
-        return torch.stack([loss, count[0], gnorm.double().to(self.device)])
+        params = list(self.module.parameters())
+        if self.engine is None:
+            counted = norm_params(self.module, g.tp_rank, skip_shared_embedding=self.tied_pp and not
+                                  g.is_first_stage)
+            gnorm = global_grad_norm(counted, g.mp_group)
+            self.step_skipped = nonfinite_step(loss, gnorm)  # all ranks agree; a non-finite update is never applied
+            if not self.step_skipped:
+                clip_grads_(params, gnorm, cfgs.optimizer.clip_grad)
+                set_lr(self.optimizer, lr)
+                self.optimizer.step()
+        else:
+            set_lr(self.engine.optimizer, lr)
+            self.engine.step()  # fp32 ZeRO skips an update whose gradient norm is not finite (its overflow check)
+            n = self.engine.get_global_grad_norm()
+            gnorm = torch.as_tensor(float(n) if n is not None else float("nan"), device=self.device)
+            self.step_skipped = nonfinite_step(loss, gnorm if n is not None else torch.zeros(()))
+            self.step_applied = self.step_skipped and (n is None or is_finite(float(n)))
+        skipped = torch.full((), float(self.step_skipped), dtype=torch.float64, device=self.device)
+        return torch.stack([loss, count[0], gnorm.double().to(self.device), skipped])
 
     # ------------------------------------------------------------------------------------------------------------
     # evaluation
@@ -522,6 +530,8 @@ class Trainer:
                 batches = self.next_batches()
                 stats = self.train_step(batches, lr)
                 self.iteration += 1
+                if self.step_skipped:  # logs, or raises TrainingDiverged past --skip-nonfinite-steps
+                    self._nonfinite(stats)
                 _fault("step", self.iteration)
                 self.consumed_samples += self.gbs
                 self.tokens_seen += self.gbs * t.seq_length
@@ -563,15 +573,23 @@ class Trainer:
         result.iteration, result.consumed_samples = self.iteration, self.consumed_samples
         result.tokens_seen, result.tokens_learned = self.tokens_seen, self.tokens_learned
         result.stopped_by = stopped or "train_iters"
+        result.skipped_nonfinite = list(self.guard.skipped)
         return result
+
+    def _nonfinite(self, stats: torch.Tensor) -> None:
+        loss, _, gnorm, _ = stats.tolist()
+        last = self.last_saved_iteration
+        saved = os.path.join(self.cfgs.checkpoint.save, ckpt.iter_dirname(last)) if (
+            last is not None and self.cfgs.checkpoint.save) else self.resume_dir
+        self.guard.on_nonfinite(self.iteration, loss, gnorm, self.step_applied, saved)
 
     def _flush(self, pending, result: TrainResult) -> None:
         """Bring pending step statistics to the host (one transfer) and update the counters."""
         if not pending:
             return
         values = torch.stack([s for _, _, s in pending]).tolist()
-        for (it, lr, _), (loss, count, gnorm) in zip(pending, values):
-            learned = int(round(count))
+        for (it, lr, _), (loss, count, gnorm, skipped) in zip(pending, values):
+            learned = 0 if skipped else int(round(count))  # a skipped (non-finite) step learned nothing
             self.tokens_learned += learned
             result.iterations.append(it)
             result.losses.append(loss)
