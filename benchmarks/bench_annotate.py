@@ -13,18 +13,15 @@ compute 6 N D of a 1.8B model (the paper's ratio: a 224M biLM for a 1.8B model).
 
 Sizes (per LM; a biLM is two of them): demo = the CPU demo's LMs (4 x 128, vocab 8192); 112m = 12 x 768, 12 heads,
 SwiGLU f 2048, tied vocabulary 32768 (110M parameters, 85M of them in the blocks; two make the paper's ~224M
-biLM). Data: the demo held-out sets when they exist (runs/classifier_demo/data), else synthetic documents with
-log-normal lengths (median 400 tokens, capped at 8192).
+biLM); 56m = 12 x 512, 8 heads, same vocabulary (two make a ~112M biLM). On a GPU the labeler runs in bf16 (its
+"auto" dtype); the JSON records it per row. Data: the demo held-out sets when they exist
+(runs/classifier_demo/data), else synthetic documents with log-normal lengths (median 400 tokens, capped at 8192).
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import os
-import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,6 +31,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks.bench_common import machine_info as common_machine_info  # noqa: E402
+from benchmarks.bench_common import write_json  # noqa: E402
 from megatron_tf.classifier.artifact import LMSpec, read_config, save_classifier  # noqa: E402
 from megatron_tf.classifier.cost import paper_arithmetic  # noqa: E402
 from megatron_tf.classifier.features import padded_positions  # noqa: E402
@@ -50,25 +49,21 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # name: (layers, hidden, heads, vocab, tied, window, context, layers to probe)
 SIZES = {
     "demo": (4, 128, 4, 8192, False, 256, 64, (1, 3)),
+    "56m": (12, 512, 8, 32768, True, 1024, 256, (3, 11)),  # two make a ~112M biLM
     "112m": (12, 768, 12, 32768, True, 1024, 256, (3, 11)),
 }
 PAPER_MODEL = 1.8e9
 
 
 def machine_info(device: str) -> dict:
-    info = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
-            "host_cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "device": device}
+    """benchmarks/bench_common.py's record (device, driver, versions, commit, date, L2) plus the CPU model."""
+    info = common_machine_info("cuda" if device.startswith("cuda") else "cpu")
+    info["torch_threads"] = torch.get_num_threads()
     try:
         with open("/proc/cpuinfo") as f:
             info["cpu_model"] = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), None)
     except OSError:
         pass
-    if device.startswith("cuda"):
-        info["gpu"] = torch.cuda.get_device_name(0)
-    info["git_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                        cwd=REPO).stdout.strip()
     return info
 
 
@@ -124,7 +119,8 @@ def bench_one(prefix: str, artifact: str, tok, device: str, batch_tokens: int, g
     for f in os.listdir(os.path.dirname(prefix)):
         if ".bench." in f:
             os.remove(os.path.join(os.path.dirname(prefix), f))
-    return {"tokens": int(summary.num_tokens), "documents": int(summary.num_documents), "seconds": seconds,
+    return {"dtype": lab.dtype, "tokens": int(summary.num_tokens), "documents": int(summary.num_documents),
+            "seconds": seconds,
             "tokens_per_s": summary.num_tokens / seconds, "flops_per_token": acc["flops_per_token"],
             "achieved_GFLOPs": acc["flops"] / seconds / 1e9, "positions_read_per_token": acc["read_overhead"],
             "padding_overhead": padded / max(read, 1) - 1.0,
@@ -168,8 +164,9 @@ def main(argv: list[str] | None = None) -> int:
             for layer in probe_layers:
                 art = random_artifact(os.path.join(tmp, f"cls_{size}_{layer}"), size, layer, tok)
                 r = bench_one(prefix, art, tok, device, a.batch_tokens, a.group_tokens)
-                r.update(size=size, layer=layer, blocks_run=layer + 1, num_layers=layers, hidden=h, vocab=vocab,
-                         params_per_lm=num_parameters(cfg), window=window, context=context, data=data)
+                r.update(size=size, layer=layer, biLM_params=2 * num_parameters(cfg), blocks_run=layer + 1,
+                         num_layers=layers, hidden=h, vocab=vocab, params_per_lm=num_parameters(cfg), window=window,
+                         context=context, data=data)
                 results.append(r)
                 print(f"{size:>5} layer {layer:>2} ({layer + 1}/{layers} blocks): {r['tokens_per_s']:>9,.0f} tok/s "
                       f"{r['achieved_GFLOPs']:>7.1f} GFLOP/s  {r['flops_per_token'] / 1e6:>8.2f} MFLOP/tok  "
@@ -180,9 +177,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{paper['pretraining_flops_per_token'] / 1e9:.1f} GFLOP = {paper['ratio']:.2%} per token")
     out = a.out or os.path.join(REPO, "benchmarks", "results",
                                 f"annotate_{'gpu' if device.startswith('cuda') else 'cpu'}_{os.cpu_count()}cores.json")
-    with open(out, "w") as f:
-        json.dump({"benchmark": "benchmarks/bench_annotate.py", "machine": machine_info(device), "args": vars(a),
-                   "paper_arithmetic": paper, "results": results}, f, indent=1)
+    write_json(out, {"benchmark": "benchmarks/bench_annotate.py", "machine": machine_info(device), "args": vars(a),
+                     "paper_arithmetic": paper, "results": results})
     print(f"wrote {out}")
     return 0
 

@@ -16,12 +16,8 @@ model_flops_per_token / peak (training/metrics.py; None on CPU, where achieved G
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,11 +27,13 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks.bench_common import machine_info, spread, write_json  # noqa: E402
 from megatron_tf.data.builder import build_gpt_datasets  # noqa: E402
 from megatron_tf.data.config import FilterConfig  # noqa: E402
 from megatron_tf.data.indexed_dataset import write_dataset  # noqa: E402
 from megatron_tf.data.loader import build_pretraining_data_loader  # noqa: E402
 from megatron_tf.data.sidecar import write_token_mask, write_token_scores  # noqa: E402
+from megatron_tf.model.flops import model_flops_per_token  # noqa: E402
 from megatron_tf.training import Trainer, parse_args  # noqa: E402
 from megatron_tf.training.metrics import mfu  # noqa: E402
 
@@ -48,25 +46,17 @@ SIZES = {
     "1b": (24, 2048, 16, 32000, 2048, 4, 16),  # 1.34 B parameters (SwiGLU f 5440, untied)
 }
 MODES = ("none", "mask", "remove")
+# two-sided 95% Student-t quantiles by degrees of freedom (rounds - 1); 1.96 beyond the table
+T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
 
 
-def machine_info(device: torch.device) -> dict:
-    info = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
-            "host_cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads()}
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
-        info["git_commit"] = sha if len(sha) == 40 else None
-    except OSError:
-        info["git_commit"] = None
-    if device.type == "cuda":
-        p = torch.cuda.get_device_properties(device)
-        info.update(device=p.name, sm_count=p.multi_processor_count, gpu_memory_GiB=round(p.total_memory / 2**30, 1))
-    else:
-        info["device"] = "cpu"
-    return info
+def mean_ci(values: list[float]) -> dict:
+    """Mean and the half-width of its 95% t confidence interval over independent runs (rounds)."""
+    m = statistics.mean(values)
+    if len(values) < 2:
+        return {"mean": m, "ci95": None, "runs": len(values)}
+    half = T95.get(len(values) - 1, 1.96) * statistics.stdev(values) / len(values) ** 0.5
+    return {"mean": m, "ci95": half, "runs": len(values)}
 
 
 def make_data(directory: str, vocab: int, num_tokens: int, seed: int = 0) -> str:
@@ -103,16 +93,18 @@ def bench_size(name: str, args, prefix: str) -> dict:
     dev = trainer.device
     cfgs = trainer.cfgs
     loaders = {}
-    for mode in MODES:
+    for mode in [m for m in args.modes.split(",") if m]:
         ds = build_gpt_datasets(cfgs.data, FilterConfig(token_filter=mode, forget_threshold=0.5), trainer.tokenizer,
                                 [steps_total * gbs, 0, 0], global_batch_size=gbs).train
         loaders[mode] = iter(build_pretraining_data_loader(ds, 0, mbs, 0, 1, num_workers=args.num_workers,
                                                            pin_memory=dev.type == "cuda"))
-    times = {m: {"data": [], "step": [], "learned": []} for m in MODES}
+    modes = [m for m in args.modes.split(",") if m]
+    times = {m: {"data": [], "step": [], "learned": [], "round_total": []} for m in modes}
     lr = cfgs.lr.lr
     for _ in range(args.rounds):
-        for mode in MODES:
+        for mode in modes:
             trainer.train_iter = loaders[mode]
+            tot = []
             for i in range(args.warmup + args.steps):
                 t0 = time.perf_counter()
                 batches = trainer.next_batches()
@@ -123,26 +115,44 @@ def bench_size(name: str, args, prefix: str) -> dict:
                     times[mode]["data"].append(t1 - t0)
                     times[mode]["step"].append(t2 - t1)
                     times[mode]["learned"].append(stats[1])
+                    tot.append(t2 - t0)
+            times[mode]["round_total"].append(statistics.median(tot))  # one run = one round of timed steps
     tokens = gbs * seq
+    f_full = trainer.flops_per_token
+    f_causal = model_flops_per_token(trainer.model_cfg, seq, 1, causal_attention=True)
     rows = []
     base = None
-    for mode in MODES:
+    for mode in modes:
         d = statistics.median(times[mode]["data"])
         s = statistics.median(times[mode]["step"])
         total = d + s
         if base is None:
             base = total
         tps = tokens / total
-        m = mfu(tps, trainer.flops_per_token, 1, trainer.peak)
-        rows.append({"size": name, "mode": mode, "layers": layers, "hidden": hidden, "vocab": vocab, "seq": seq,
-                     "micro_batch": mbs, "global_batch": gbs, "parameters": trainer_params(trainer),
-                     "data_ms": d * 1e3, "step_ms": s * 1e3, "total_ms": total * 1e3, "tokens_per_s": tps,
-                     "achieved_TFLOPs": tps * trainer.flops_per_token / 1e12, "mfu": m,
-                     "overhead_vs_none": total / base - 1.0,
-                     "learned_fraction": statistics.mean(times[mode]["learned"]) / tokens,
-                     "steps_timed": len(times[mode]["step"]), "init_s": init_s})
+        per_run_tps = [tokens / t for t in times[mode]["round_total"]]
+        row = {"size": name, "mode": mode, "layers": layers, "hidden": hidden, "vocab": vocab, "seq": seq,
+               "micro_batch": mbs, "global_batch": gbs, "parameters": trainer_params(trainer),
+               "data_ms": d * 1e3, "step_ms": s * 1e3, "total_ms": total * 1e3, "tokens_per_s": tps,
+               "step_spread": spread([t * 1e3 for t in times[mode]["step"]]),
+               "tokens_per_s_per_run": per_run_tps, "tokens_per_s_mean_ci95": mean_ci(per_run_tps),
+               "flops_per_token_full_attention": f_full, "flops_per_token_causal_attention": f_causal,
+               "achieved_TFLOPs": tps * f_full / 1e12, "mfu": mfu(tps, f_full, 1, trainer.peak),
+               "mfu_causal": mfu(tps, f_causal, 1, trainer.peak),
+               "mfu_per_run": [mfu(t, f_full, 1, trainer.peak) for t in per_run_tps],
+               "mfu_causal_per_run": [mfu(t, f_causal, 1, trainer.peak) for t in per_run_tps],
+               "overhead_vs_none": total / base - 1.0,
+               "learned_fraction": statistics.mean(times[mode]["learned"]) / tokens,
+               "steps_timed": len(times[mode]["step"]), "runs": args.rounds, "init_s": init_s}
+        if mode != modes[0]:  # paired by round: the same model state and warm-up
+            ratios = [a / b - 1.0 for a, b in zip(times[mode]["round_total"], times[modes[0]]["round_total"])]
+            row["overhead_vs_none_per_run"] = ratios
+            row["overhead_vs_none_mean_ci95"] = mean_ci(ratios)
+        rows.append(row)
     rows[0]["one_pass_xent"] = trainer.one_pass
+    rows[0]["fused_linear_xent"] = getattr(trainer, "fused_linear", False)
     rows[0]["optimizer_impl"] = trainer.optimizer_impl
+    rows[0]["attention_backend_flag"] = trainer.model_cfg.attention_backend
+    rows[0]["peak_flops"] = trainer.peak
     del trainer
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -160,13 +170,14 @@ def main(argv=None) -> int:
     p.add_argument("--sizes", default="tiny,small,demo", help=f"comma-separated of {sorted(SIZES)}")
     p.add_argument("--steps", type=int, default=8, help="timed steps per mode and round")
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--rounds", type=int, default=2, help="rounds of none/mask/remove")
+    p.add_argument("--rounds", type=int, default=2, help="rounds (runs) of none/mask/remove; the CI is over rounds")
     p.add_argument("--micro-batch-size", type=int, default=None)
     p.add_argument("--global-batch-size", type=int, default=None)
     p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--bf16", action="store_true")
-    p.add_argument("--xent-impl", default="auto", choices=("auto", "torch", "fused"))
+    p.add_argument("--xent-impl", default="auto", choices=("auto", "torch", "fused", "fused-linear"))
+    p.add_argument("--modes", default=",".join(MODES), help="comma-separated filters; the first is the baseline")
     p.add_argument("--out", default=None, help="JSON output (default benchmarks/results/train_<device>.json)")
     p.add_argument("--dry-run", action="store_true", help="tiny size, 2 steps: a smoke test")
     args = p.parse_args(argv)
@@ -202,10 +213,11 @@ def main(argv=None) -> int:
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
                                    f"train_{tag}{'_dry' if args.dry_run else ''}.json")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    with open(out + ".tmp", "w") as f:
-        json.dump({"benchmark": "benchmarks/bench_train.py", "machine": info, "args": vars(args), "results": results},
-                  f, indent=1)
-    os.replace(out + ".tmp", out)
+    write_json(out, {"benchmark": "benchmarks/bench_train.py", "machine": info, "args": vars(args),
+                     "mfu_conventions": "mfu: attention over the full s x s square (Narayanan et al. 2021, PaLM); "
+                                        "mfu_causal: half of it (the lower triangle FlashAttention computes). "
+                                        "peak_flops: training/metrics.py peak_flops (dense bf16 of the device)",
+                     "results": results})
     print(f"wrote {out}")
     return 0
 

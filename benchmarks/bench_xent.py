@@ -18,18 +18,17 @@ memory-bound kernels do not depend on the values; noted in the JSON).
 
 Floor: the two-pass algorithm must read the logits in the forward and read + write them in the backward, 6 bytes per
 bf16 logit; floor time = 6 N V / B with B the device-to-device copy bandwidth measured here (bytes read + written per
-second of a large torch copy). Timing: triton.testing.do_bench medians (it flushes L2 between runs), else CUDA events.
+second of a large torch copy). Timing: triton.testing.do_bench (it flushes L2 between runs), else CUDA events; every row
+records the median and the p20/p80 spread of the timed calls. The machine block (benchmarks/bench_common.py) records
+device, driver, torch/CUDA versions, commit, date, L2 size (torch.cuda.get_device_properties().L2_cache_size).
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 
@@ -38,42 +37,18 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks.bench_common import machine_info, spread, write_json  # noqa: E402
 from megatron_tf.ops import xent  # noqa: E402
 from megatron_tf.parallel.cross_entropy import cross_entropy_loss_and_grad, vocab_parallel_cross_entropy  # noqa: E402
 
 
-def machine_info(device: torch.device) -> dict:
-    info = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
-            "host_cpu": platform.processor() or platform.machine()}
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
-        info["git_commit"] = sha if len(sha) == 40 else None  # a copied tree without history prints "HEAD"
-    except OSError:
-        info["git_commit"] = None
-    if device.type == "cuda":
-        p = torch.cuda.get_device_properties(device)
-        info.update(device=p.name, sm_count=p.multi_processor_count, gpu_memory_GiB=round(p.total_memory / 2**30, 1),
-                    capability=f"{p.major}.{p.minor}")
-        try:
-            q = subprocess.run(["nvidia-smi", "--query-gpu=driver_version,clocks.max.sm,clocks.max.mem",
-                                "--format=csv,noheader"], capture_output=True, text=True, timeout=20).stdout.strip()
-            info["driver"], info["max_sm_clock"], info["max_mem_clock"] = [s.strip() for s in q.split(",")][:3]
-        except (OSError, ValueError, subprocess.TimeoutExpired):
-            info["driver"] = None
-    else:
-        info["device"] = "cpu"
-    return info
-
-
-def bench(fn, device: torch.device, warmup_ms: float = 25, rep_ms: float = 100) -> float:
-    """Median milliseconds of fn()."""
+def bench_all(fn, device: torch.device, warmup_ms: float = 25, rep_ms: float = 100) -> list[float]:
+    """Milliseconds of each timed call of fn() (triton's do_bench flushes L2 between calls, else CUDA events)."""
     if device.type == "cuda":
         try:
             from triton.testing import do_bench
 
-            return float(do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="median"))
+            return [float(t) for t in do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="all")]
         except ImportError:
             pass
         for _ in range(3):
@@ -86,14 +61,19 @@ def bench(fn, device: torch.device, warmup_ms: float = 25, rep_ms: float = 100) 
             b.record()
             b.synchronize()
             times.append(a.elapsed_time(b))
-        return statistics.median(times)
+        return times
     fn()
     times = []
     for _ in range(5):
         t0 = time.perf_counter()
         fn()
         times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+    return times
+
+
+def bench(fn, device: torch.device, warmup_ms: float = 25, rep_ms: float = 100) -> float:
+    """Median milliseconds of fn()."""
+    return statistics.median(bench_all(fn, device, warmup_ms, rep_ms))
 
 
 def peak_extra_bytes(fn, device: torch.device) -> int | None:
@@ -250,11 +230,12 @@ def main(argv=None):
                     continue
                 try:
                     peak = peak_extra_bytes(fn, device)
-                    ms = bench(fn, device)
+                    sp = spread(bench_all(fn, device))
+                    ms = sp["median_ms"]
                 except torch.OutOfMemoryError as e:
                     report["results"].append({"vocab": v, "masked": masked, "method": name, "error": str(e)[:200]})
                     continue
-                row = {"vocab": v, "masked": masked, "method": name, "median_ms": round(ms, 4),
+                row = {"vocab": v, "masked": masked, "method": name, **sp,
                        "peak_extra_MiB": None if peak is None else round(peak / 2**20, 1)}
                 if bw and floor_bytes:
                     floor_ms = floor_bytes * args.n * v * logits.element_size() / 2 / (bw * 1e9) * 1e3
@@ -273,10 +254,7 @@ def main(argv=None):
     report["goals"] = goals(report)
     print_table(report)
     if args.out:
-        tmp = args.out + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(report, f, indent=1)
-        os.replace(tmp, args.out)
+        write_json(args.out, report)
         print(f"wrote {args.out}")
 
 

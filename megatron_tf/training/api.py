@@ -30,6 +30,7 @@ from megatron_tf.utils.logging import get_logger
 
 from . import checkpoint as ckpt
 from .arguments import Configs, parse_args
+from .divergence import TrainingDiverged
 from .loop import Trainer, TrainResult
 
 log = get_logger(__name__)
@@ -101,5 +102,10 @@ def load_model_from_checkpoint(path: str, device: str | torch.device = "cpu", ck
 
 
 def main(argv: list[str] | None = None) -> int:
-    pretrain(argv)
+    """pretrain_gpt.py: exit status 0, or 1 when training diverged (the divergence guard's error is logged)."""
+    try:
+        pretrain(argv)
+    except TrainingDiverged as e:
+        log.error("training stopped: %s", e)
+        return 1
     return 0
