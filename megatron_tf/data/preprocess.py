@@ -460,8 +460,8 @@ class _Run:
         }
         before = np.concatenate([[0], np.cumsum([os.path.getsize(p) for p in cfg.input])]).tolist()
         pool = None
-        if cfg.workers > 1:  # before the progress bar starts its monitor thread: fork a single-threaded process
-            ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+        if cfg.workers > 1:  # spawn: a fork of a threaded parent (pytest-xdist, tokenizers, tqdm) can deadlock
+            ctx = mp.get_context("spawn")
             pool = ctx.Pool(cfg.workers, initializer=worker_init, initargs=(spec,))
             encode = None
         else:
