@@ -7,6 +7,9 @@ at once); each group's windows are batched (features.py) and the probe gives eve
 result is a pure function of (artifact, documents of the chunk, batch_tokens, group_tokens, dtype, device type):
 those are in `describe()`, so they key the runner's resume manifest.
 
+Special tokens (the artifact's `<|endoftext|>`, and `<|hidden|>` / `<|pad|>` of the tokenizer given to
+`check_tokenizer`) always get probability 0: they are never forget, whatever the probe says.
+
 The artifact is opened lazily in each process (it is not pickled to workers). Device: `cuda` puts annotation
 worker k on GPU (k - 1) mod the GPU count (the pool's worker numbering), `auto` picks cuda when available.
 """
@@ -74,6 +77,7 @@ class ClassifierLabeler:
             self.logit_shift = prior_shift(float(self.config["base_rate"]))
         self._loaded = None
         self._bilm = None
+        self.special_ids = np.array([int(self.config["tokenizer"]["eod"])], dtype=np.int64)
 
     @classmethod
     def from_options(cls, options, workers: int = 1) -> ClassifierLabeler:
@@ -94,6 +98,8 @@ class ClassifierLabeler:
                              f"{tokenizer.fingerprint}")
         if int(t["eod"]) != int(tokenizer.eod):
             raise ValueError(f"{self.path}: eod id {t['eod']} differs from the tokenizer's {tokenizer.eod}")
+        self.special_ids = np.array(sorted({int(tokenizer.eod), int(tokenizer.hidden), int(tokenizer.pad)}),
+                                    dtype=np.int64)
 
     # ---- lazy loading ------------------------------------------------------------------------------------------
     def __getstate__(self) -> dict:
@@ -147,7 +153,10 @@ class ClassifierLabeler:
             else:
                 p = np.zeros(0, np.float32)
             offs = np.cumsum([0] + [len(d) for d in group])
-            out += [np.clip(p[offs[k] : offs[k + 1]], 0.0, 1.0).astype(np.float32) for k in range(len(group))]
+            for k, d in enumerate(group):
+                pk = np.clip(p[offs[k] : offs[k + 1]], 0.0, 1.0).astype(np.float32)
+                pk[np.isin(d, self.special_ids)] = 0.0  # special tokens are never forget
+                out.append(pk)
             i = j
         return out
 

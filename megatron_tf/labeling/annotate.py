@@ -17,6 +17,11 @@ order into the sidecars (temporary names, renamed into place) and removes the wo
 functions of (dataset, labeler, chunk index), so the result is byte-identical whatever the number of workers and
 however often the run was interrupted. The creation time is taken from SOURCE_DATE_EPOCH when set (reproducible
 builds), else the clock at the first start, and kept across resumes.
+
+One run per (P, N) at a time: the lock file P.N.annotate.lock (utils/run_lock.py) names its holder; a second run
+fails with that name, a lock left by a dead process on this host is replaced. Special tokens (eod, hidden, pad) get
+score 0 whatever the labeler says. With --write-mask-threshold the mask records the checksum of the token scores it
+was derived from (docs/sidecar_format.md); without it, a P.N.tokmask left by an earlier annotation is removed.
 """
 
 from __future__ import annotations
@@ -49,9 +54,11 @@ from ..data.sidecar import (
     token_scores_header,
 )
 from ..tokenizer.tokenizer import TOKENIZER_TYPES, build_tokenizer
+from ..utils.checksum import new_hasher
 from ..utils.io import TMP_MARK, atomic_write, read_json, remove_stale_tmp
 from ..utils.logging import get_logger
-from .labeler import TokenLabeler, check_scores
+from ..utils.run_lock import run_lock
+from .labeler import TokenLabeler, check_scores, special_token_ids, zero_special_tokens
 
 log = get_logger(__name__)
 
@@ -139,10 +146,22 @@ def document_stats(q: np.ndarray, lengths: np.ndarray, frac_threshold: float) ->
 
 
 # ---- one chunk (runs in the main process or in a worker) ---------------------------------------------------------
+def _save_npy(path: str, array: np.ndarray) -> None:
+    """np.save atomically; a failed write (disk full: numpy says only "N requested and M written") names the file."""
+    try:
+        with atomic_write(path) as f:
+            np.save(f, array, allow_pickle=False)
+    except OSError as e:  # numpy's tofile error carries no errno
+        msg = f"writing annotation chunk {path} ({array.nbytes} bytes) failed: {e.strerror or e}"
+        raise (OSError(e.errno, msg) if e.errno else OSError(msg)) from e
+
+
 class _ChunkJob:
-    def __init__(self, prefix: str, labeler: TokenLabeler, work: str, chunk_docs: int, frac_threshold: float):
+    def __init__(self, prefix: str, labeler: TokenLabeler, work: str, chunk_docs: int, frac_threshold: float,
+                 special_ids: list[int] = ()):
         self.prefix, self.labeler, self.work = prefix, labeler, work
         self.chunk_docs, self.frac_threshold = chunk_docs, frac_threshold
+        self.special_ids = list(special_ids)
         self._ds: IndexedDataset | None = None
 
     def __getstate__(self) -> dict:
@@ -163,13 +182,11 @@ class _ChunkJob:
             flat = check_scores(docs, self.labeler.score_documents(docs), name)
         except ValueError as e:
             raise ValueError(f"{self.prefix}: documents [{d0}, {d1}) (chunk {c}): {e}") from e
-        q = quantize_scores(flat)
+        q = quantize_scores(zero_special_tokens(tokens, flat, self.special_ids))
         stats = document_stats(q, np.diff(rel), self.frac_threshold)
         tok_path, doc_path = _chunk_paths(self.work, c)
-        with atomic_write(doc_path) as f:
-            np.save(f, stats, allow_pickle=False)
-        with atomic_write(tok_path) as f:  # written last: its presence marks the chunk complete
-            np.save(f, q, allow_pickle=False)
+        _save_npy(doc_path, stats)
+        _save_npy(tok_path, q)  # written last: its presence marks the chunk complete
         return int(q.size)
 
 
@@ -313,7 +330,21 @@ class AnnotateSummary:
 def annotate(prefix: str, labeler: TokenLabeler, tokenizer, *, name: str = "forget",
              write_mask_threshold: float | None = None, doc_frac_threshold: float = 0.5, workers: int = 1,
              chunk_docs: int = 1024, restart: bool = False, progress: bool = True) -> AnnotateSummary:
-    """Label `prefix` with `labeler` and write P.name.{tokscores,docscores[,tokmask]}. Resumable; see module doc."""
+    """Label `prefix` with `labeler` and write P.name.{tokscores,docscores[,tokmask]}. Resumable; see module doc.
+    Raises LockHeld (utils/run_lock.py) when another run annotates the same prefix and name."""
+    with run_lock(lock_path_for(prefix, name), f"annotate run of {prefix} --name {name}"):
+        return _annotate(prefix, labeler, tokenizer, name=name, write_mask_threshold=write_mask_threshold,
+                         doc_frac_threshold=doc_frac_threshold, workers=workers, chunk_docs=chunk_docs,
+                         restart=restart, progress=progress)
+
+
+def lock_path_for(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}.annotate.lock"
+
+
+def _annotate(prefix: str, labeler: TokenLabeler, tokenizer, *, name: str, write_mask_threshold: float | None,
+              doc_frac_threshold: float, workers: int, chunk_docs: int, restart: bool,
+              progress: bool) -> AnnotateSummary:
     from tqdm import tqdm
 
     t_start = time.time()
@@ -322,10 +353,12 @@ def annotate(prefix: str, labeler: TokenLabeler, tokenizer, *, name: str = "forg
     check = check_tokenizer(ds, tokenizer, fingerprint)
     doc_frac_threshold = frac_column(doc_frac_threshold)[1]
     columns = doc_columns(doc_frac_threshold)
-    tok_info = {"type": tokenizer.type_name, "fingerprint": tokenizer.fingerprint, "vocab_size": tokenizer.vocab_size}
+    special_ids = special_token_ids(tokenizer)
+    tok_info = {"type": tokenizer.type_name, "fingerprint": tokenizer.fingerprint, "vocab_size": tokenizer.vocab_size,
+                "special_ids": special_ids}
     key = {"format": MANIFEST_FORMAT, "dataset_fingerprint": fingerprint, "num_tokens": ds.num_tokens,
            "num_documents": ds.num_documents, "chunk_docs": chunk_docs, "labeler": labeler.describe(),
-           "tokenizer_fingerprint": tokenizer.fingerprint, "columns": columns}
+           "tokenizer_fingerprint": tokenizer.fingerprint, "columns": columns, "special_ids": special_ids}
     work = work_dir_for(prefix, name)
     created = _open_work_dir(work, json.loads(json.dumps(key)), restart)
     for f in os.listdir(work):  # temporaries of chunk files being written when a run was killed
@@ -342,7 +375,7 @@ def annotate(prefix: str, labeler: TokenLabeler, tokenizer, *, name: str = "forg
     todo = sorted(set(range(nchunks)) - set(done))
     if done:
         log.info("%s: resuming, %d of %d chunks already labeled", work, len(done), nchunks)
-    job = _ChunkJob(prefix, labeler, work, chunk_docs, doc_frac_threshold)
+    job = _ChunkJob(prefix, labeler, work, chunk_docs, doc_frac_threshold, special_ids)
     bar = tqdm(total=ds.num_tokens, initial=sum(ntok[c] for c in done), unit="tok", unit_scale=True,
                desc=f"annotate {os.path.basename(prefix)}", disable=not progress, smoothing=0.1)
     try:
@@ -395,13 +428,19 @@ def _finalize(ds: IndexedDataset, fingerprint: str, work: str, nchunks: int, nam
     any_count = dict.fromkeys(thresholds, 0)
     mean_count = dict.fromkeys(thresholds, 0)
     frac_count = 0
+    mask_path = sidecar_path(prefix, KIND_TOKEN_MASK, name)
+    binding = None
+    if mask_threshold is not None:  # the mask's header (written first) records the token scores' checksum
+        h = new_hasher()
+        for c in range(nchunks):
+            h.update(np.load(_chunk_paths(work, c)[0], allow_pickle=False))
+        binding = h.hexdigest()
     writers = [SidecarWriter(sidecar_path(prefix, KIND_DOC_SCORES, name),
                              document_scores_header(ds, columns, meta, fingerprint)),
                SidecarWriter(sidecar_path(prefix, KIND_TOKEN_SCORES, name), token_scores_header(ds, meta, fingerprint))]
     packer = None
     if mask_threshold is not None:
-        writers.append(SidecarWriter(sidecar_path(prefix, KIND_TOKEN_MASK, name),
-                                     token_mask_header(ds, mask_threshold, meta, fingerprint)))
+        writers.append(SidecarWriter(mask_path, token_mask_header(ds, mask_threshold, meta, fingerprint, binding)))
         packer = BitPacker()
     try:
         for c in range(nchunks):
@@ -419,6 +458,12 @@ def _finalize(ds: IndexedDataset, fingerprint: str, work: str, nchunks: int, nam
             frac_count += int(np.count_nonzero(d[:, 2] >= 0.5))
         if packer is not None:
             writers[2].write(packer.finish())
+            if writers[1].checksum != binding:
+                raise RuntimeError(f"{work}: chunk files changed while writing the sidecars")
+        elif os.path.isfile(mask_path):  # from an earlier annotation: it would not match the new token scores
+            os.remove(mask_path)
+            log.warning("removed %s: it was made by an earlier annotation of %s and this run writes no mask "
+                        "(pass --write-mask-threshold T to write one)", mask_path, prefix)
         paths = [w.commit() for w in writers]
     except BaseException:
         for w in writers:
@@ -517,7 +562,7 @@ def main(argv: list[str] | None = None) -> int:
 
             classifier_options = dataclass_from_args(ClassifierOptions, args)
         summary = run(cfg, sae_options, classifier_options)
-    except (ValueError, FileNotFoundError, ImportError) as e:
+    except (ValueError, OSError, ImportError) as e:  # OSError: unreadable input, disk full (the message names it)
         print(f"annotate: error: {e}", file=sys.stderr)
         return 2
     print(summary.format())

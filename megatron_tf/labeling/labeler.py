@@ -16,6 +16,9 @@ class TokenLabeler(Protocol):
     resumed annotation run re-labels only the missing chunks and must equal an uninterrupted run) and picklable
     (workers receive a copy). `describe()` is a JSON-serialisable dict that identifies the labeler and its
     parameters (it goes into the sidecar metadata and keys the resume manifest).
+
+    Special tokens (`<|endoftext|>`, `<|hidden|>`, `<|pad|>`: `special_token_ids`) are never forget: the annotation
+    runner sets their scores to 0 whatever the labeler returns (`zero_special_tokens`).
     """
 
     name: str
@@ -38,3 +41,16 @@ def check_scores(docs: list[np.ndarray], scores: list[np.ndarray], labeler_name:
         raise ValueError(f"labeler {labeler_name}: scores must be finite and in [0, 1], found range "
                          f"[{np.nanmin(flat)}, {np.nanmax(flat)}]")
     return flat
+
+
+def special_token_ids(tokenizer) -> list[int]:
+    """Ids that are never forget: the reserved `<|endoftext|>`, `<|hidden|>` and `<|pad|>` of the tokenizer."""
+    return sorted({int(tokenizer.eod), int(tokenizer.hidden), int(tokenizer.pad)})
+
+
+def zero_special_tokens(tokens: np.ndarray, scores: np.ndarray, special_ids) -> np.ndarray:
+    """`scores` with 0 wherever `tokens` is a special id (a copy when anything changes)."""
+    hit = np.isin(tokens, np.asarray(list(special_ids), dtype=np.int64))
+    if hit.any():
+        scores = np.where(hit, np.float32(0), scores).astype(scores.dtype, copy=False)
+    return scores

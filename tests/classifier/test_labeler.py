@@ -34,6 +34,7 @@ def test_scores_are_the_probe_on_the_bilm_features(artifact):
     bilm = BiLM(cl.forward_model, cl.reversed_model, 61, window=16, context=5, batch_tokens=64)
     with torch.no_grad():
         want = torch.sigmoid(cl.probe(bilm.features(docs, 1))).numpy()
+    want[np.concatenate(docs) == 61] = 0.0  # <|endoftext|> is never forget
     np.testing.assert_allclose(np.concatenate(got), want, rtol=1e-5, atol=1e-6)
     flat = np.concatenate(got)
     assert flat.min() < 0.3 and flat.max() > 0.7  # the random probe gives a spread of scores
@@ -42,12 +43,31 @@ def test_scores_are_the_probe_on_the_bilm_features(artifact):
     np.testing.assert_allclose(np.concatenate(big), flat, rtol=1e-5, atol=1e-6)
 
 
+def test_special_tokens_score_zero_even_when_the_probe_flags_everything(artifact):
+    """Issue 14 item 15: the classifier scored the trailing <|endoftext|> like any token."""
+    docs = random_docs(np.random.default_rng(2), 8, max_len=30)
+    docs[0] = np.array([5, 62, 7, 63, 61], dtype=np.int64)  # hidden and pad inside a document, eod at its end
+    lab = ClassifierLabeler(artifact, device="cpu", batch_tokens=64)
+    lab.check_tokenizer(tokenizer())  # adds <|hidden|> 62 and <|pad|> 63 to the artifact's eod 61
+    lab.bilm  # loads the artifact
+    with torch.no_grad():
+        for m in lab._loaded.probe.head.modules():
+            if isinstance(m, torch.nn.Linear):
+                m.weight.zero_()
+                m.bias.fill_(30.0)  # sigmoid(30) = 1 - 9e-14: a probe that flags every token
+    flat, ids = np.concatenate(lab.score_documents(docs)), np.concatenate(docs)
+    special = np.isin(ids, [61, 62, 63])
+    assert special.sum() >= 8 and (flat[special] == 0).all() and (flat[~special] == 1).all()
+
+
 def test_natural_calibration_shifts_the_logit(artifact):
     docs = random_docs(np.random.default_rng(2), 6)
     b = np.concatenate(ClassifierLabeler(artifact, device="cpu").score_documents(docs)).astype(np.float64)
     n = np.concatenate(ClassifierLabeler(artifact, device="cpu", calibration="natural").score_documents(docs))
-    logit = np.log(b / (1 - b))
-    np.testing.assert_allclose(n, 1 / (1 + np.exp(-(logit + prior_shift(0.1)))), rtol=1e-4, atol=1e-6)
+    eod = np.concatenate(docs) == 61  # 0 under both calibrations (special token)
+    assert (b[eod] == 0).all() and (n[eod] == 0).all()
+    logit = np.log(b[~eod] / (1 - b[~eod]))
+    np.testing.assert_allclose(n[~eod], 1 / (1 + np.exp(-(logit + prior_shift(0.1)))), rtol=1e-4, atol=1e-6)
 
 
 def test_describe_pickle_and_checks(artifact):

@@ -78,7 +78,8 @@ def test_end_to_end_exact_contents(tmp_path):
         np.testing.assert_array_equal(dsc.values[d], np.array(want, dtype=np.float32), err_msg=f"document {d}")
     meta = ts.metadata
     assert meta["labeler"] == {"labeler": "hash", "salt": 3}
-    assert meta["tokenizer"] == {"type": "NullTokenizer", "fingerprint": tok.fingerprint, "vocab_size": 50}
+    assert meta["tokenizer"] == {"type": "NullTokenizer", "fingerprint": tok.fingerprint, "vocab_size": 50,
+                                "special_ids": [47, 48, 49]}
     assert meta["created"] == "2023-11-14T22:13:20Z" and meta["megatron_tf_version"] == __version__
     assert tm.metadata["threshold"] == 0.4 and dsc.metadata["doc_frac_threshold"] == 0.3
     assert not os.path.exists(work_dir_for(ds.path_prefix, "forget"))
