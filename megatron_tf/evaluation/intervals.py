@@ -62,18 +62,32 @@ def ratio_replicates(tokens: np.ndarray, nats: np.ndarray, idx: np.ndarray) -> n
         return np.where(c > 0, s / np.where(c > 0, c, 1.0), np.nan)
 
 
+_CHUNK_ENTRIES = 1 << 23  # indices drawn at a time (64 MiB of int64), so large evaluation sets stay in memory
+
+
+def _doc_replicates(src: LossSource, n_boot: int, seed: int) -> np.ndarray:
+    """n_boot ratio replicates; the indices come from Generator(seed) in row chunks, so every run given the same
+    seed (the same evaluation documents) is resampled with the same indices."""
+    g = np.random.default_rng(seed)
+    d = src.tokens.size
+    rows = max(1, _CHUNK_ENTRIES // d)
+    out = [ratio_replicates(src.tokens, src.nats, g.integers(0, d, size=(min(rows, n_boot - i), d)))
+           for i in range(0, n_boot, rows)]
+    return np.concatenate(out) if out else np.empty(0)
+
+
 def replicate_losses(sources: dict[str, LossSource], n_boot: int, rng: np.random.Generator
                      ) -> dict[str, np.ndarray | None]:
     """(n_boot,) replicate losses per run key; runs with identical per-document token counts share indices."""
     out: dict[str, np.ndarray | None] = {}
-    shared: dict[tuple, np.ndarray] = {}  # (D, token-count bytes) -> indices
+    seeds: dict[tuple, int] = {}  # (D, token-count bytes) -> index seed
     for key in sorted(sources):
         src = sources[key]
         if src.tokens is not None:
             sig = (src.tokens.size, src.tokens.tobytes())
-            if sig not in shared:
-                shared[sig] = rng.integers(0, src.tokens.size, size=(n_boot, src.tokens.size))
-            out[key] = ratio_replicates(src.tokens, src.nats, shared[sig])
+            if sig not in seeds:
+                seeds[sig] = int(rng.integers(0, 2**63 - 1))
+            out[key] = _doc_replicates(src, n_boot, seeds[sig])
         elif src.stderr is not None:
             out[key] = src.point + float(src.stderr) * rng.standard_normal(n_boot)
         else:

@@ -83,3 +83,15 @@ def test_ols_batch_matches_polyfit():
         bb, aa = np.polyfit(x, Y[i], 1)
         assert a[i] == pytest.approx(aa) and b[i] == pytest.approx(bb)
     assert percentile_ci(np.array([np.nan] * 20)) is None
+
+
+def test_chunked_draws_keep_the_pairing(monkeypatch):
+    """With a tiny chunk the indices come in many row chunks; runs on the same documents stay paired exactly."""
+    import megatron_tf.evaluation.intervals as iv
+
+    monkeypatch.setattr(iv, "_CHUNK_ENTRIES", 7)
+    tokens = np.arange(1.0, 6.0)
+    nats = tokens * np.array([1.0, 2.0, 3.0, 4.0, 5.0])
+    reps = replicate_losses({"x": LossSource(0.0, tokens, nats), "y": LossSource(0.0, tokens, nats + 0.5 * tokens)},
+                            101, np.random.default_rng(8))
+    assert reps["x"].shape == (101,) and np.allclose(reps["y"] - reps["x"], 0.5) and reps["x"].std() > 0.1
