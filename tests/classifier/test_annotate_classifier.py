@@ -8,7 +8,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -25,6 +24,7 @@ from megatron_tf.data.sidecar import (
 )
 from megatron_tf.labeling.annotate import AnnotateConfig, annotate, main, run, work_dir_for
 from tests.classifier.helpers import tiny_artifact, tiny_dataset, tokenizer
+from tests.proc_utils import wait_for_file
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 KINDS = (KIND_TOKEN_SCORES, KIND_DOC_SCORES, KIND_TOKEN_MASK)
@@ -79,9 +79,9 @@ sys.path.insert(0, {repo!r})
 from megatron_tf.classifier.labeler import ClassifierLabeler
 from megatron_tf.labeling.annotate import annotate
 from megatron_tf.tokenizer.tokenizer import NullTokenizer
-from tests.labeling.labelers import SlowLabeler
+from tests.labeling.labelers import BlockingLabeler
 if __name__ == "__main__":
-    lab = SlowLabeler(ClassifierLabeler({artifact!r}, device="cpu", batch_tokens=64), 0.15)
+    lab = BlockingLabeler(ClassifierLabeler({artifact!r}, device="cpu", batch_tokens=64), 3, {marker!r})
     annotate({prefix!r}, lab, NullTokenizer(64), write_mask_threshold=0.5, chunk_docs=2, workers=1, progress=False)
 """
 
@@ -91,23 +91,20 @@ def test_kill_and_resume_equals_an_uninterrupted_run(tmp_path, artifact):
     ds, _ = tiny_dataset(tmp_path / "k", n=30, seed=4)
     work = work_dir_for(ds.path_prefix, "forget")
     script = tmp_path / "slow.py"
-    script.write_text(_KILL_SCRIPT.format(repo=REPO, artifact=artifact, prefix=ds.path_prefix))
+    marker = str(tmp_path / "blocked")
+    script.write_text(_KILL_SCRIPT.format(repo=REPO, artifact=artifact, prefix=ds.path_prefix, marker=marker))
     proc = subprocess.Popen([sys.executable, str(script)], start_new_session=True, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, env={**os.environ, "SOURCE_DATE_EPOCH": "1700000000"})
-    try:
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            n_done = len([f for f in os.listdir(work) if f.endswith(".tok.npy")]) if os.path.isdir(work) else 0
-            if n_done >= 3 or proc.poll() is not None:
-                break
-            time.sleep(0.02)
-        assert proc.poll() is None, f"annotation finished or failed before the kill: {proc.stderr.read()!r}"
+    try:  # killed in the 4th chunk's labeling: an observable state, whatever the CPU speed
+        wait_for_file(marker, proc)
         os.killpg(proc.pid, signal.SIGKILL)
     finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         proc.stderr.close()
     done_before = [f for f in os.listdir(work) if f.endswith(".tok.npy")]
-    assert 3 <= len(done_before) < 15
+    assert len(done_before) == 3
     assert not os.path.exists(sidecar_path(ds.path_prefix, KIND_TOKEN_SCORES))
     lab = ClassifierLabeler(artifact, device="cpu", batch_tokens=64)
     s = annotate(ds.path_prefix, lab, tokenizer(), write_mask_threshold=0.5, chunk_docs=2, progress=False)

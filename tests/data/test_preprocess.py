@@ -19,6 +19,7 @@ import sentencepiece as spm
 from megatron_tf.data import preprocess as pp
 from megatron_tf.data.indexed_dataset import IndexedDataset, dataset_exists, dataset_fingerprint, write_dataset
 from megatron_tf.data.preprocess import PreprocessConfig, PreprocessError, preprocess
+from tests.proc_utils import wait_for_file
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SP_MODEL = os.path.join(REPO, "data", "demo", "tokenizer", "demo_sp.model")
@@ -338,6 +339,23 @@ def test_kill_during_renames_is_finished_by_next_run(tmp_path, monkeypatch):
     assert not os.path.exists(tmp_path / "x.tmp-preprocess")
 
 
+_BLOCKING_CLI = """
+import runpy, sys, time
+sys.path.insert(0, {repo!r})
+from megatron_tf.data import preprocess as pp
+_checkpoint = pp._Run.checkpoint
+def checkpoint(self):
+    _checkpoint(self)
+    if self.position["offset"] > 200_000:
+        open({marker!r}, "w").close()
+        while True:  # until the test kills us
+            time.sleep(1)
+pp._Run.checkpoint = checkpoint
+sys.argv = [{repo!r} + "/tools/preprocess_data.py", *sys.argv[1:]]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
 @pytest.mark.slow
 def test_sigkill_then_rerun_cli_is_byte_identical(tmp_path):
     """Kill the real CLI with SIGKILL mid-run: no dataset appears; the same command then resumes to the same bytes."""
@@ -350,20 +368,21 @@ def test_sigkill_then_rerun_cli_is_byte_identical(tmp_path):
     prefix = str(tmp_path / "killed")
     cmd = [sys.executable, os.path.join(REPO, "tools", "preprocess_data.py"), "--input", str(src), "--output-prefix",
            prefix, "--tokenizer-model", SP_MODEL, "--append-eod", "--workers", "1"]
-    state = tmp_path / "killed.tmp-preprocess" / "state.json"
-    proc = subprocess.Popen([*cmd, "--batch-bytes", "8192", "--checkpoint-interval", "0"], stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if json.loads(state.read_text())["position"]["offset"] > 200_000:
-                break
-        except (FileNotFoundError, json.JSONDecodeError, KeyError):
-            pass
-        assert proc.poll() is None, "finished before it could be killed: make the input bigger"
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    proc.stderr.close()
+    # The CLI, blocked right after its first checkpoint past 200 kB (an observable state, whatever the CPU speed:
+    # never killed before it, never finished before the kill)
+    marker = tmp_path / "blocked"
+    wrapper = tmp_path / "blocking_cli.py"
+    wrapper.write_text(_BLOCKING_CLI.format(repo=REPO, marker=str(marker)))
+    proc = subprocess.Popen([sys.executable, str(wrapper), *cmd[2:], "--batch-bytes", "8192",
+                             "--checkpoint-interval", "0"], stderr=subprocess.PIPE)
+    try:
+        wait_for_file(str(marker), proc)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        proc.stderr.close()
+    state = json.loads((tmp_path / "killed.tmp-preprocess" / "state.json").read_text())
+    assert state["position"]["offset"] > 200_000 and state["phase"] == "running"
     out = prefix + "_text_document"
     assert not any(os.path.exists(out + ext) for ext in (".bin", ".idx", ".meta.json"))
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)

@@ -26,18 +26,26 @@ class HashLabeler:
         return out
 
 
-class SlowLabeler:
-    """Wraps a labeler and sleeps per call, so that a test can kill an annotation run in the middle."""
+class BlockingLabeler:
+    """Scores the first `calls` batches, then touches `marker` and blocks: a kill test waits for the marker (an
+    observable state: exactly `calls` chunks written, with one worker), never for a time, so it neither kills too
+    early on a slow machine nor finds the run finished on a fast one."""
 
-    def __init__(self, inner, seconds: float):
-        self.inner, self.seconds = inner, seconds
+    def __init__(self, inner, calls: int, marker: str):
+        self.inner, self.calls, self.marker = inner, calls, marker
         self.name = inner.name
+        self._n = 0
 
     def describe(self) -> dict:
         return self.inner.describe()
 
     def score_documents(self, docs):
-        time.sleep(self.seconds)
+        self._n += 1
+        if self._n > self.calls:
+            with open(self.marker, "w") as f:
+                f.write("blocked\n")
+            while True:  # until the test kills the process
+                time.sleep(1)
         return self.inner.score_documents(docs)
 
 
