@@ -34,6 +34,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 from megatron_tf.config.cli import add_dataclass_args, dataclass_from_args  # noqa: E402
+from megatron_tf.evaluation.lm_eval_bridge import add_lm_eval_args, fold_lm_eval  # noqa: E402
 from megatron_tf.evaluation.runner import (  # noqa: E402
     EvaluationConfig,
     csv_text,
@@ -67,6 +68,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--save-predictions", action="store_true", help="keep per-question log-likelihoods in the JSON")
     p.add_argument("--no-progress", action="store_true")
     add_dataclass_args(p, EvaluationConfig)
+    add_lm_eval_args(p)
     args = p.parse_args(argv)
     if args.run_name and len(args.load) > 1:
         p.error("--run-name needs a single --load")
@@ -117,8 +119,9 @@ def evaluate_checkpoint(path: str, args, cfg: EvaluationConfig, name: str) -> di
            "iteration": meta.get("iteration"), "train_tokens_count": meta.get("train_tokens_count", "learned"),
            "tokens_seen": args.tokens_seen if args.tokens_seen is not None else meta.get("tokens_seen"),
            "tokens_learned": args.tokens_learned if args.tokens_learned is not None else meta.get("tokens_learned")}
-    return evaluate_model(model, tokenizer, cfg, seq_length=int(seq_length), run=run,
-                          progress=not args.no_progress, predictions=args.save_predictions, train_configs=configs)
+    result = evaluate_model(model, tokenizer, cfg, seq_length=int(seq_length), run=run,
+                            progress=not args.no_progress, predictions=args.save_predictions, train_configs=configs)
+    return fold_lm_eval(result, model, tokenizer, args, int(seq_length), args.output_dir, name)
 
 
 def main(argv=None) -> int:
