@@ -10,7 +10,7 @@ import os
 import pytest
 
 from megatron_tf.evaluation.eval_sets import MCQSet, MCQuestion, build_mcq_sets
-from megatron_tf.evaluation.lm_eval_bridge import lm_eval_on_model, run_lm_eval, write_mcq_tasks
+from megatron_tf.evaluation.lm_eval_bridge import run_lm_eval, write_mcq_tasks
 from megatron_tf.evaluation.mcq import evaluate_mcq
 from megatron_tf.model import ModelConfig, build_gpt_stage
 from megatron_tf.model.hf_export import export_llama
@@ -64,16 +64,24 @@ def test_lm_eval_equals_project_cloze(tmp_path, setup):
     assert metrics["acc"] != metrics["acc_norm"] or metrics["acc"] > 0  # not a degenerate all-wrong set
 
 
-def test_written_tasks_of_the_project_mcq_files(tmp_path, setup):
-    """The demo MedQA file as a local task (write_mcq_tasks), run through lm_eval_on_model (what tools/evaluate.py
-    --lm-eval-tasks does): same accuracies as the project's evaluation of the same questions."""
+def test_evaluate_tool_folds_lm_eval_results(tmp_path, setup):
+    """tools/evaluate.py --lm-eval-tasks on a checkpoint (made by tools/import_hf.py from an export): the demo MedQA
+    file written as a local task (write_mcq_tasks) scores, in the evaluation JSON's "lm_eval" entry, exactly the
+    acc / acc_norm of the JSON's own cloze evaluation of the same questions."""
+    from tools import evaluate, import_hf
+
     sp, cfg, model = setup
-    sets = build_mcq_sets(medqa=os.path.join(REPO, "data", "demo", "eval", "medqa.jsonl.xz"), limit=8)
+    export = export_llama(model.state_dict(), cfg, str(tmp_path / "hf"), tokenizer=sp)
+    assert import_hf.main(["--hf", export, "--output", str(tmp_path / "ckpt")]) == 0
+    medqa = os.path.join(REPO, "data", "demo", "eval", "medqa.jsonl.xz")
+    sets = build_mcq_sets(medqa=medqa, limit=6)
     assert write_mcq_tasks(sets, str(tmp_path / "tasks")) == ["mtf_medqa"]
-    res = lm_eval_on_model(model, sp, ["mtf_medqa"], include_path=str(tmp_path / "tasks"),
-                           output_dir=str(tmp_path / "out"), seq_length=SEQ, batch_size=8)
-    ours, _ = evaluate_mcq(model, sp, sets[0], seq_length=SEQ, bf16=False)
-    assert res["n_samples"]["mtf_medqa"] == ours["n"] == 8
-    assert res["tasks"]["mtf_medqa"]["acc"] == ours["acc"]
-    assert res["tasks"]["mtf_medqa"]["acc_norm"] == ours["acc_norm"]
-    assert not [p for p in os.listdir(tmp_path / "out") if p.startswith("hf_export_")]  # temporary export removed
+    assert evaluate.main(["--load", str(tmp_path / "ckpt"), "--output-dir", str(tmp_path / "evals"), "--run-name",
+                          "r", "--medqa", medqa, "--limit", "6", "--seq-length", str(SEQ), "--no-progress",
+                          "--lm-eval-tasks", "mtf_medqa", "--lm-eval-include-path", str(tmp_path / "tasks")]) == 0
+    result = json.loads((tmp_path / "evals" / "r.json").read_text())
+    ours = result["mcq"]["medqa"]
+    lm = result["lm_eval"]["tasks"]["mtf_medqa"]
+    assert result["lm_eval"]["n_samples"]["mtf_medqa"] == ours["n"] == 6
+    assert (lm["acc"], lm["acc_norm"]) == (ours["acc"], ours["acc_norm"])
+    assert not [p for p in os.listdir(tmp_path / "evals" / "lm_eval" / "r") if p.startswith("hf_export_")]
