@@ -169,7 +169,8 @@ def plot_pareto(analysis: dict, metric: str, path: str, x_domain: str = "forget"
                        color=arm_color(arm, analysis["arms"]), label=arm, zorder=3, s=26)
     ax.set_xlabel(f"{x_domain} {METRIC_LABEL[metric]}  (higher: more removed)")
     ax.set_ylabel(f"{y_domain} {METRIC_LABEL[metric]}  (lower: better kept)")
-    ax.set_title(f"{x_domain} vs {y_domain} per model size\n{_metric_title(analysis, metric)}", fontsize=9)
+    ax.set_title(f"{x_domain} vs {y_domain} per model size\n{_metric_title(analysis, metric)}\n(no compute axis; "
+                 f"report convention {_conv_label(analysis)})", fontsize=8)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7)
     return _save(fig, path)
@@ -242,7 +243,8 @@ def plot_frontier(analysis: dict, path: str) -> str | None:
         ax.set_title(f"{size}; points: filtered share of training tokens (achieved %, or nominal f=)", fontsize=9)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle("threshold frontier: token vs document filtering", fontsize=10)
+    fig.suptitle("threshold frontier: token vs document filtering (all-token loss; no compute axis; report "
+                 f"convention {_conv_label(analysis)})", fontsize=9)
     return _save(fig, path)
 
 
