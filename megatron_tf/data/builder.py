@@ -38,7 +38,7 @@ from .filters import (
     sequence_values,
 )
 from .gpt_dataset import GPTDataset, StepSwitchDataset
-from .indexed_dataset import IndexedDataset
+from .indexed_dataset import IndexedDataset, check_token_ids
 
 log = get_logger(__name__)
 SPLITS = ("train", "valid", "test")
@@ -107,7 +107,10 @@ class AllDocumentsFiltered(ValueError):
 def open_source(prefix: str, tokenizer: Tokenizer, fcfg: FilterConfig, cache_dir: str | None) -> DataSource:
     indexed = IndexedDataset(prefix)
     fp = indexed.fingerprint()
-    check_dataset_meta(prefix, tokenizer, fp)
+    meta = check_dataset_meta(prefix, tokenizer, fp)
+    if meta is None or meta.get("max_token_id") is None:  # no usable P.meta.json: scan .bin once (cached)
+        check_token_ids(indexed, tokenizer.vocab_size, tokenizer.path or tokenizer.type_name,
+                        default_cache_dir(prefix, cache_dir), fp)
     flags = open_forget_flags(indexed, fp, fcfg.forget_sidecar_name, fcfg.forget_threshold,
                               required=fcfg.token_filter in ("mask", "remove"))
     seq_scores = None

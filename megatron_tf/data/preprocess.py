@@ -420,6 +420,11 @@ class _Run:
         for line, kind, detail in res.issues[: max(room, 0)]:
             st["issues"].append(f"{self.cfg.input[task.file]}:{line}: {kind}: {detail}")
         for o, tokens, lengths, n_empty in zip(self.outputs, res.tokens, res.lengths, res.empty):
+            if tokens.size and int(tokens.max()) >= self.tok.vocab_size:
+                raise PreprocessError(
+                    f"{self.cfg.input[task.file]}: lines from {task.first_line}: tokenizer "
+                    f"{self.tok.path or self.tok.type_name} produced token id {int(tokens.max())}, outside its "
+                    f"vocabulary [0, {self.tok.vocab_size}) (a tokenizer whose added tokens lie beyond vocab_size?)")
             o.write(tokens, lengths)
             ks = st["keys"][o.key]
             ks["documents"] += len(lengths)

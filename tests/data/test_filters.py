@@ -354,6 +354,21 @@ def test_meta_json_checks(tmp_path):
     assert sum("meta.json not found" in str(x.message) for x in w) == 1
 
 
+def test_token_ids_outside_the_vocabulary_are_refused_without_meta_json(tmp_path):
+    """Issue 14 item 6: a dataset made with a larger vocabulary (no P.meta.json to say so) crashed mid-training with a
+    bare IndexError; now the open names the .bin and the first bad token."""
+    from megatron_tf.data.indexed_dataset import IndexedDatasetError
+
+    rng = np.random.default_rng(0)
+    docs = random_docs(rng, 10)
+    docs[4][2] = 250  # uint16 holds it; the NullTokenizer(103) vocabulary does not
+    prefix, ds = make_prefix(tmp_path, "d", docs)
+    pos = sum(len(d) for d in docs[:4]) + 2
+    with pytest.raises(IndexedDatasetError, match=rf"d\.bin: token id 250 at token {pos} \(document 4\) is outside "
+                                                  r"the vocabulary \[0, 103\)"):
+        build(prefix, tmp_path, FilterConfig(), sizes=(10, None, None))
+
+
 def test_reserved_ids_checked(tmp_path):
     rng = np.random.default_rng(0)
     prefix, _ = make_prefix(tmp_path, "d", random_docs(rng, 10))

@@ -256,3 +256,28 @@ def test_we_read_megatron_core_multi_sequence_documents(tmp_path):
     assert ds.num_documents == 3 and len(ds) == 3
     assert [ds.document_token_range(d) for d in range(3)] == [(0, 4), (4, 4), (4, 5)]
     assert ds[1].tolist() == [6, 7, 8]
+
+
+# ---- token ids against the vocabulary (issue 14, item 6) ---------------------------------------------------------
+def test_check_token_ids_names_the_file_position_and_document(tmp_path, monkeypatch):
+    import megatron_tf.data.indexed_dataset as idm
+    from megatron_tf.data.indexed_dataset import IndexedDatasetError, check_token_ids, token_id_range
+
+    docs = [[1, 2, 3], [4, 5], [6, 700, 8, 900]]  # fits uint16; ids 700 and 900 are outside a 512-token vocabulary
+    ds = write_dataset(str(tmp_path / "d"), docs, dtype=np.uint16)
+    assert token_id_range(ds) == (1, 900)
+    with pytest.raises(IndexedDatasetError) as e:
+        check_token_ids(ds, 512, "tok.model", cache_dir=str(tmp_path / "cache"))
+    msg = str(e.value)
+    assert ds.bin_path in msg and "token id 700 at token 6 (document 2)" in msg and "[0, 512) of tok.model" in msg
+    assert check_token_ids(ds, 901, cache_dir=str(tmp_path / "cache")) == (1, 900)
+    # the range is cached by dataset fingerprint: a second open does not scan .bin again
+    monkeypatch.setattr(idm, "token_id_range", lambda ds: pytest.fail("scanned .bin again"))
+    assert check_token_ids(ds, 901, cache_dir=str(tmp_path / "cache")) == (1, 900)
+    # negative ids (signed dtypes) are outside too
+    neg = write_dataset(str(tmp_path / "n"), [[3, -2, 5]], dtype=np.int32)
+    monkeypatch.undo()
+    with pytest.raises(IndexedDatasetError, match=r"token id -2 at token 1 \(document 0\)"):
+        check_token_ids(neg, 10)
+    empty = write_dataset(str(tmp_path / "e"), [], dtype=np.uint16)
+    assert check_token_ids(empty, 10) == (0, -1)

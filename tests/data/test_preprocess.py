@@ -424,3 +424,18 @@ def test_empty_input_warns_loudly(tmp_path):
     warn = [r.getMessage() for r in seen]
     assert any("EMPTY DATASET" in w and prefix + ".bin" in w and "empty.jsonl" in w and "0 documents" in w
                for w in warn), warn
+
+
+def test_token_id_outside_the_tokenizer_vocabulary_is_refused(tmp_path, monkeypatch):
+    """Issue 14 item 6: ids are checked against the tokenizer's vocab_size, not only the dtype bound."""
+    from megatron_tf.tokenizer.tokenizer import SentencePieceTokenizer
+
+    src = write_jsonl(tmp_path / "c.jsonl", corpus(20))
+    ids = [i for doc in reference([r["text"] for r in corpus(20)]) for i in doc]
+    vocab = max(ids)  # one below the largest id produced: that id is "outside the vocabulary"
+    assert vocab > 3
+    monkeypatch.setattr(SentencePieceTokenizer, "vocab_size", property(lambda self: vocab))
+    with pytest.raises(PreprocessError, match=rf"c\.jsonl: lines from 1: tokenizer .*demo_sp\.model produced token "
+                                              rf"id {max(ids)}, outside its vocabulary \[0, {vocab}\)"):
+        run(tmp_path, [src], dtype="uint16")
+    assert not os.path.exists(str(tmp_path / "out_text_document.bin"))
