@@ -126,7 +126,8 @@ def write_checkpoint(tmp: str, full: dict, cfg, tp: int, pp: int, run_config: di
             os.makedirs(shard)
             save_file(shard_state_dict(full, cfg, tp, t, pp, p), os.path.join(shard, "model.safetensors"),
                       metadata={"format": FORMAT})
-    state = {"format": FORMAT, "iteration": 0, "consumed_samples": 0, "tokens_seen": 0, "tokens_learned": 0}
+    # tokens seen / learned are unknown for an outside model: absent, not 0
+    state = {"format": FORMAT, "iteration": 0, "consumed_samples": 0}
     for name, obj in (("config.json", {"format": FORMAT, "iteration": 0, **run_config}), ("state.json", state)):
         with open(os.path.join(it, name), "w", encoding="utf-8") as fh:
             json.dump(obj, fh, indent=1, sort_keys=True)
