@@ -296,11 +296,14 @@ def summary_line(result: dict) -> str:
         parts.append(f"{k} {_fmt(v['nats_per_token'])}" + (
             f" ({tl['selection']} {_fmt(tl['nats_per_token'])}{mark})" if tl else ""))
     accs = [f"{k} {_fmt(v['acc'])}/{_fmt(v['acc_norm'])}" for k, v in result.get("mcq", {}).items()]
+    know = [f"{k} {_fmt(v['acc'])} (chance {_fmt(v['chance'], 2)})" for k, v in result.get("knowledge", {}).items()]
     out = head
     if parts:
         out += " | loss nats/tok: " + ", ".join(parts)
     if accs:
         out += " | acc/acc_norm: " + ", ".join(accs)
+    if know:
+        out += " | knowledge acc: " + ", ".join(know)
     return out
 
 
@@ -322,7 +325,9 @@ def result_rows(result: dict) -> list[dict]:
             if part in v:
                 row(f"{part}_nats_per_token", v[part]["nats_per_token"], None, v[part]["tokens"])
         if "token_level" in v:
-            row("token_level_nats_per_token", v["token_level"]["nats_per_token"], None, v["token_level"]["tokens"])
+            tl = v["token_level"]
+            row("token_level_nats_per_token", tl["nats_per_token"], tl.get("nats_per_token_stderr"), tl["tokens"])
+            row("token_level_privileged", tl.get("privileged"), None, tl["tokens"])
     for name, v in result.get("mcq", {}).items():
         for metric in ("acc", "acc_norm"):
             rows.append({**base, "kind": "mcq", "set": name, "role": v["role"], "metric": metric, "value": v[metric],
@@ -330,6 +335,10 @@ def result_rows(result: dict) -> list[dict]:
         for metric in ("p_correct", "chance"):
             rows.append({**base, "kind": "mcq", "set": name, "role": v["role"], "metric": metric, "value": v[metric],
                          "stderr": None, "n": v["n"]})
+    for name, v in result.get("knowledge", {}).items():
+        for metric in ("acc", "acc_norm", "p_correct", "chance"):
+            rows.append({**base, "kind": "knowledge", "set": name, "role": v.get("role", ""), "metric": metric,
+                         "value": v.get(metric), "stderr": v.get(f"{metric}_stderr"), "n": v["n"]})
     return rows
 
 

@@ -12,7 +12,7 @@ import torch
 
 from megatron_tf.evaluation.knowledge import evaluate_knowledge
 from megatron_tf.evaluation.knowledge_probe import ProbeConfig, write_probe
-from megatron_tf.evaluation.runner import EvaluationConfig, evaluate_model
+from megatron_tf.evaluation.runner import EvaluationConfig, evaluate_model, result_rows
 from megatron_tf.labeling.blocklist import BlocklistLabeler
 from megatron_tf.model import build_gpt_stage
 from tools import make_knowledge_probe
@@ -102,6 +102,9 @@ def test_cloze_scoring_matches_an_explicit_reference(tmp_path):
     cfg = EvaluationConfig(knowledge=path, eval_micro_batch_size=3)
     res = evaluate_model(model, tok, cfg, seq_length=64)
     assert res["knowledge"] == got
+    rows = {(r["set"], r["metric"]): r for r in result_rows(res) if r["kind"] == "knowledge"}
+    assert rows[("medical", "acc")]["value"] == got["medical"]["acc"] and rows[("biology", "chance")]["n"] == 12
+    assert "knowledge acc: biology" in res["summary"]
 
 
 class _CompactTokenizer:
