@@ -9,24 +9,34 @@
 #       examples/threshold_sweep.sh                              # a GPU size
 #   DRY_RUN=1 examples/threshold_sweep.sh                        # print every command, run nothing
 #
-# Share F (FRACTIONS): mask / remove get `--token-filter-fraction F` (the trainer picks the forget threshold that
-# flags about F of the train split's tokens), document gets `--document-filter-fraction F` (the document threshold
-# that drops about F of the train split's tokens); both are resolved when the dataset is built and logged with the
-# chosen threshold (pretrain_gpt.py --help). Runs are named <size>-<filter>-f<F> (the report reads the nominal share from
-# that suffix when the evaluation does not record the achieved `tokens_filtered_fraction`).
+# Share F: mask / remove get `--token-filter-fraction F` for F in TOKEN_FRACTIONS (the trainer picks the forget
+# threshold that flags about F of the train split's tokens), document gets `--document-filter-fraction F` for F in
+# FRACTIONS (the document threshold that drops about F of the train split's tokens); both are resolved when the
+# dataset is built and logged with the chosen threshold (pretrain_gpt.py --help). Runs are named <size>-<filter>-f<F>
+# (the report reads the nominal share from that suffix when the evaluation does not record the achieved
+# `tokens_filtered_fraction`).
+# Token shares need GRADED token scores (LABELER=classifier with CLASSIFIER=<dir from tools/train_classifier.py>, or a
+# DATA_PREFIX annotated by the classifier or the SAE labeler). The blocklist scores are 0/1, so it has exactly one
+# token operating point (the labelled share, ~1.5% of the demo corpus) and the trainer refuses other shares: with
+# LABELER=blocklist (the default) TOKEN_FRACTIONS defaults to empty and mask / remove run once at --forget-threshold
+# (run <size>-<filter>-labels); the document filter still sweeps FRACTIONS, since document scores are graded.
 # Every run of the size trains on the same number of tokens, counted as TRAIN_TOKENS_COUNT (learned: unmasked targets,
 # as the paper's code; seen: every input token). Killed? Run it again: training resumes from the last checkpoint
 # (--load) and finished evaluations are skipped.
 # Output: $OUT/ckpt/<run>/, $OUT/evals/<run>.json, $OUT/report/report.md (+ frontier.png, frontier.csv).
 # One size gives no scaling fit (the report says so); the frontier and the loss tables do not need one.
 #
-# CPU cost: size t1 trains at roughly 40 s per run on 2 cores at TOKENS_SCALE=1 (from examples/scaling_sweep.sh's
-# measured ~11k tokens/s for 2 x 64), so 1 + 3 x 5 runs take about 10-15 minutes plus evaluation.
+# CPU cost: size t1 trains at roughly 25 s per run on 2 cores at TOKENS_SCALE=1 (250k tokens at examples/
+# scaling_sweep.sh's measured ~11k tokens/s for 2 x 64); with the blocklist 1 + 2 + 5 runs, with a graded labeler
+# 1 + 3 x 5, plus an evaluation each.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 SIZE=${SIZE:-"t1 2 64 4 256 16 16 250000 3e-3"}  # name layers hidden heads seq mbs gbs train_tokens lr
 FRACTIONS=${FRACTIONS:-"0.02 0.05 0.1 0.2 0.4"}
+LABELER=${LABELER:-blocklist}             # blocklist | classifier: how the demo corpus is annotated (no DATA_PREFIX)
+CLASSIFIER=${CLASSIFIER:-}                # LABELER=classifier: the classifier artifact directory
+if [ "$LABELER" = blocklist ]; then TOKEN_FRACTIONS=${TOKEN_FRACTIONS-}; else TOKEN_FRACTIONS=${TOKEN_FRACTIONS-$FRACTIONS}; fi
 FILTERS=${FILTERS:-"mask remove document"}
 OUT=${OUT:-runs/threshold_sweep}
 DRY_RUN=${DRY_RUN:-0}                     # 1: print the commands (shell-quoted), run nothing
@@ -64,7 +74,13 @@ launch() {
   esac
 }
 
-for f in $FRACTIONS; do  # (0, 1), as --*-filter-fraction requires
+case "$LABELER" in
+  blocklist) ;;
+  classifier) [ -n "$CLASSIFIER" ] || [ -n "$DATA_PREFIX" ] || {
+    echo "threshold_sweep.sh: LABELER=classifier needs CLASSIFIER=<classifier directory>" >&2; exit 2; } ;;
+  *) echo "threshold_sweep.sh: LABELER takes blocklist or classifier; found '$LABELER'" >&2; exit 2 ;;
+esac
+for f in $FRACTIONS $TOKEN_FRACTIONS; do  # (0, 1), as --*-filter-fraction requires
   awk -v f="$f" 'BEGIN { exit !(f + 0 > 0 && f + 0 < 1) }' || {
     echo "threshold_sweep.sh: FRACTIONS must lie in (0, 1), found '$f'" >&2; exit 2; }
 done
@@ -85,7 +101,12 @@ if [ -z "$DATA_PREFIX" ]; then  # the bundled demo corpus: tokenize, then label 
       data/demo/train/biology.jsonl.xz data/demo/train/general.jsonl.xz --output-prefix "$OUT/data/demo_train" \
       --tokenizer-type "$TOKENIZER_TYPE" --tokenizer-model "$TOKENIZER_MODEL" --json-keys text --append-eod \
       --workers 2
-    run "$PYTHON" tools/annotate.py --data-prefix "$DATA_PREFIX" --labeler blocklist --terms "$TERMS" \
+    if [ "$LABELER" = classifier ]; then
+      label_args=(--labeler classifier --classifier "$CLASSIFIER")
+    else
+      label_args=(--labeler blocklist --terms "$TERMS")
+    fi
+    run "$PYTHON" tools/annotate.py --data-prefix "$DATA_PREFIX" "${label_args[@]}" \
       --tokenizer-type "$TOKENIZER_TYPE" --tokenizer-model "$TOKENIZER_MODEL" \
       --write-mask-threshold "$FORGET_THRESHOLD" --no-progress
   fi
@@ -118,13 +139,20 @@ train_and_eval() {  # run-name arm filter-flags...
 
 train_and_eval "$name-none" none --token-filter none
 for filter in $FILTERS; do
-  for f in $FRACTIONS; do
-    case "$filter" in
-      mask|remove) train_and_eval "$name-$filter-f$f" "$filter" --token-filter "$filter" --token-filter-fraction "$f" ;;
-      document) train_and_eval "$name-document-f$f" document --token-filter document \
-        --document-filter-fraction "$f" --document-score-column "$DOCUMENT_SCORE_COLUMN" ;;
-    esac
-  done
+  case "$filter" in
+    mask|remove)
+      if [ -z "$TOKEN_FRACTIONS" ]; then  # binary labels: the one operating point they have
+        train_and_eval "$name-$filter-labels" "$filter" --token-filter "$filter" --forget-threshold "$FORGET_THRESHOLD"
+      fi
+      for f in $TOKEN_FRACTIONS; do
+        train_and_eval "$name-$filter-f$f" "$filter" --token-filter "$filter" --token-filter-fraction "$f"
+      done ;;
+    document)
+      for f in $FRACTIONS; do
+        train_and_eval "$name-document-f$f" document --token-filter document \
+          --document-filter-fraction "$f" --document-score-column "$DOCUMENT_SCORE_COLUMN"
+      done ;;
+  esac
 done
 
 run "$PYTHON" tools/scaling_report.py --evals "$OUT/evals/*.json" --output-dir "$OUT/report" --compute "$COMPUTE"

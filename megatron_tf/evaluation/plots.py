@@ -229,7 +229,7 @@ def plot_frontier(analysis: dict, path: str) -> str | None:
             ax.scatter([r["forget_loss"]], [r["retain_loss"]], marker="*", s=140, color=arm_color(base, []),
                        zorder=4, label=f"{base} (no filter)")
         for arm in [a for a in analysis["arms"] if a != base]:
-            pts = sorted((r for r in here if r["arm"] == arm), key=lambda r: r["share"] or 0.0)
+            pts = sorted((r for r in here if r["arm"] == arm), key=lambda r: (r["share"] is not None, r["share"] or 0))
             if not pts:
                 continue
             color = arm_color(arm, analysis["arms"])

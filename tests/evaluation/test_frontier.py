@@ -36,6 +36,8 @@ def _write(tmp_path):
     for arm in ("mask", "remove", "document"):
         for f in (0.05, 0.2):
             evs.append(_ev(f"t1-{arm}-f{f}", arm, f, achieved=0.048 if (arm, f) == ("remove", 0.05) else None))
+    labels = _ev("t1-mask-labels", "mask", 0.015)  # the blocklist's one token operating point: no share recorded
+    evs.append(labels)
     for e in evs:
         (d / f"{e['run']['name']}.json").write_text(json.dumps(e))
     return sorted(str(p) for p in d.iterdir())
@@ -44,10 +46,13 @@ def _write(tmp_path):
 def test_frontier_rows_and_report(tmp_path):
     an = analyze(load_eval_files(_write(tmp_path)), ScalingOptions(n_boot=100))
     assert any("no fit" in w for w in an["warnings"])  # one size: no scaling fit, the frontier needs none
-    assert len(an["groups"]) == 7  # every share its own group, not seeds of one
+    assert len(an["groups"]) == 8  # every share its own group, not seeds of one (t1-mask-labels: its own too)
     rows = an["frontier"]
-    assert [(r["arm"], r["share"]) for r in rows] == [("none", 0.0), ("mask", 0.05), ("mask", 0.2), ("remove", 0.048),
-                                                      ("remove", 0.2), ("document", 0.05), ("document", 0.2)]
+    assert [(r["arm"], r["share"]) for r in rows] == [("none", 0.0), ("mask", None), ("mask", 0.05), ("mask", 0.2),
+                                                      ("remove", 0.048), ("remove", 0.2), ("document", 0.05),
+                                                      ("document", 0.2)]
+    assert rows[1]["share_label"] == "share not recorded" and rows[1]["share_kind"] == "not recorded"
+    assert rows[1]["forget_delta"] == pytest.approx(0.015)
     by = {(r["arm"], r["share"]): r for r in rows}
     r = by[("document", 0.2)]
     assert r["forget_loss"] == pytest.approx(5.0 + 3.0 * 0.2) and r["retain_loss"] == pytest.approx(4.0 + 1.5 * 0.2)
@@ -67,10 +72,11 @@ def test_frontier_rows_and_report(tmp_path):
     assert "| t1 | remove | 4.8% |" in sec and "Matched across arms: tokens learned." in sec
     assert "](frontier.png)" in md
     rows_csv = list(csv.DictReader(open(paths["frontier_csv"])))
-    assert len(rows_csv) == 7 and float(rows_csv[-1]["retain_loss"]) == pytest.approx(4.3)
+    assert len(rows_csv) == 8 and float(rows_csv[-1]["retain_loss"]) == pytest.approx(4.3)
 
 
 def test_no_frontier_without_shares(tmp_path):
-    an = analyze(load_eval_files([p for p in _write(tmp_path) if p.endswith("t1-none.json")]), ScalingOptions(n_boot=0))
+    kept = [p for p in _write(tmp_path) if p.endswith(("t1-none.json", "t1-mask-labels.json"))]
+    an = analyze(load_eval_files(kept), ScalingOptions(n_boot=0))
     assert an["frontier"] == [] and frontier_rows(an) == []
     assert share_label({"filtered_share": None, "target_share": None}) == ""
