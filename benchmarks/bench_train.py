@@ -182,7 +182,7 @@ def main(argv=None) -> int:
     p.add_argument("--dry-run", action="store_true", help="tiny size, 2 steps: a smoke test")
     args = p.parse_args(argv)
     if args.dry_run:
-        args.sizes, args.steps, args.warmup, args.rounds = "tiny", 2, 1, 1
+        args.sizes, args.steps, args.warmup, args.rounds = "tiny", 2, 1, 2  # 2 runs: the CI code runs too
     sizes = [s for s in args.sizes.split(",") if s]
     for s in sizes:
         if s not in SIZES:
