@@ -244,8 +244,8 @@ _SCAN_BLOCK = 1 << 26  # tokens per block of the id-range scan (128 MiB of uint1
 def token_id_range(ds: IndexedDataset) -> tuple[int, int]:
     """(smallest, largest) token id in `.bin`, (0, -1) when empty: a vectorised min/max over the memory map in blocks
     of 64 Mi tokens. Cost: one sequential read of `.bin` (benchmarks/bench_checksum.py measures it next to the
-    checksum: 0.41 s per GB of uint16 tokens from the page cache, min and max, on this 2-core development machine;
-    a cold disk reads at its own speed)."""
+    checksum: 0.15 - 0.41 s per GB of uint16 tokens from the page cache, min and max, on the loaded 2-core
+    development VM; a cold disk reads at its own speed)."""
     lo, hi = 0, -1
     for a in range(0, ds.num_tokens, _SCAN_BLOCK):
         block = np.asarray(ds.tokens(a, min(a + _SCAN_BLOCK, ds.num_tokens)))
