@@ -6,6 +6,8 @@
     deepspeed pretrain_gpt.py --deepspeed --deepspeed_config examples/ds_config_zero1.json ...
 
 Flags: `python pretrain_gpt.py --help` (Megatron-LM's names). Logic: megatron_tf/training (docs/training.md).
+Exit status: 0 when the run completes; 1 when it diverged (a NaN/inf loss or gradient norm beyond
+--skip-nonfinite-steps: the error names the iteration and the last checkpoint, which `latest` still names).
 """
 
 import os

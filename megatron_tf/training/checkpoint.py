@@ -199,9 +199,10 @@ def _refuse_nonfinite(save_dir: str, iteration: int, payload) -> None:
     bad = nonfinite_tensors(payload.model) + (nonfinite_tensors(payload.optimizer[0]) if payload.optimizer else [])
     flag = torch.tensor([float(len(bad))])
     if dist.is_available() and dist.is_initialized():
-        dev = next(iter(payload.model.values())).device if payload.model else torch.device("cpu")
-        flag = flag.to(dev if dev.type == "cuda" else "cpu")
+        if dist.get_backend() == "nccl":  # NCCL reduces device tensors only
+            flag = flag.to(torch.device("cuda", torch.cuda.current_device()))
         dist.all_reduce(flag)
+        flag = flag.cpu()
     if float(flag[0]) > 0:
         here = f" (this rank's: {bad[:4]})" if bad else ""
         raise CheckpointError(f"refusing to save {os.path.join(save_dir, iter_dirname(iteration))}: "
