@@ -91,6 +91,8 @@ def test_per_document_arrays_match_an_explicit_reference(data):
     for role, part in (("forget", "forget"), ("retain", "unlabeled")):
         v = res["loss"][role]
         pd = v["per_document"]
+        assert v["token_level"]["selection"] == part and set(pd) == {"tokens", "nats", "token_level_tokens",
+                                                                     "token_level_nats"}
         assert pd["tokens"] == [len(d) for d in data["docs"]]
         assert sum(pd["token_level_tokens"]) == v["token_level"]["tokens"]
         assert sum(pd["token_level_nats"]) / sum(pd["token_level_tokens"]) == pytest.approx(
@@ -120,3 +122,18 @@ def test_privileged_rules():
     unknown = {"name": "forget", "labeler": None, "spec": None}
     assert privileged(unknown, {"name": "forget", "labeler": "blocklist"})
     assert privileged(unknown, {"name": "other", "labeler": "blocklist"}) is None  # cannot tell
+
+
+def test_filter_labels_from_a_weighted_blend_and_a_configs_object(data):
+    from megatron_tf.data.config import FilterConfig, GPTDatasetConfig
+    from megatron_tf.evaluation.labels import filter_labels_from_configs
+    from megatron_tf.training.arguments import Configs
+
+    cfgs = Configs(data=GPTDatasetConfig(data_path=["0.3", data["train"], "0.7", data["heldout"]]),
+                   filter=FilterConfig(token_filter="remove", forget_threshold=0.5, forget_sidecar_name="h2"))
+    rec = filter_labels_from_configs(cfgs)
+    assert rec == filter_labels_from_configs(cfgs.to_dict())
+    assert (rec["name"], rec["labeler"], rec["token_filter"], rec["threshold"]) == ("h2", "blocklist", "remove", 0.5)
+    assert rec["spec"]["terms_split"] == "2/2" and rec["spec"]["split_seed"] == 0 and "terms_file" not in rec["spec"]
+    gone = filter_labels_from_configs({"filter": {"token_filter": "mask"}, "data": {"data_path": ["/nowhere/x"]}})
+    assert gone["labeler"] is None and "no sidecar of annotation 'forget'" in gone["note"]
