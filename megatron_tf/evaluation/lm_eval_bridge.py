@@ -1,6 +1,6 @@
 """lm-evaluation-harness on a Hugging Face export, offline, and the project's MCQ sets as local lm-eval tasks.
 
-    write_mcq_tasks(build_mcq_sets(mmlu=..., medqa=...), "lm_eval_tasks/")        # mtf_<set>.yaml + .jsonl
+    write_mcq_tasks(build_mcq_sets(mmlu=..., medqa=...), "lm_eval_tasks/")   # mtf_<set>.yaml + .jsonl + loader
     res = run_lm_eval("hf/none", ["mtf_medqa"], include_path="lm_eval_tasks/", output_dir="evals/lm_eval/none")
     res["tasks"]["mtf_medqa"]["acc"]
 
@@ -10,6 +10,8 @@ or from the shell (what run_lm_eval runs; HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
     HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 lm_eval --model hf --model_args pretrained=hf/none,dtype=float32 \\
         --tasks mtf_medqa,mtf_mmlu_medical --include_path tasks/ --device cpu --batch_size 8 --output_path out/
 
+The tasks read their JSON lines files through a small loader module written beside them (lm-eval's
+`custom_dataset: !function`), so the directory is relocatable and nothing touches the datasets cache or the network.
 A task written here is the project's cloze evaluation (megatron_tf/evaluation/mcq.py) in lm-eval's terms:
 doc_to_text "Question: {{question}}\\nAnswer:" (question stripped), choices stripped, target_delimiter " ",
 output_type multiple_choice. With the export's tokenizer adding <|endoftext|> as bos (megatron_tf/tokenizer/
@@ -42,35 +44,71 @@ class LMEvalError(RuntimeError):
     pass
 
 
-def mcq_task_config(name: str, data_file: str) -> dict:
-    """lm-eval task config of a JSONL file of {"question", "choices", "answer": index} records (JSON is YAML)."""
-    return {"task": name, "dataset_path": "json", "dataset_kwargs": {"data_files": {"test": data_file}},
-            "test_split": "test", "output_type": "multiple_choice",
-            "doc_to_text": "Question: {{question}}\nAnswer:", "doc_to_choice": "choices", "doc_to_target": "answer",
-            "target_delimiter": " ",
-            "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True},
-                            {"metric": "acc_norm", "aggregation": "mean", "higher_is_better": True}],
-            "metadata": {"version": 1.0, "source": "megatron_tf.evaluation.lm_eval_bridge"}}
+LOADER_MODULE = "mtf_tasks_loader"
+LOADER_SOURCE = '''"""Written by megatron_tf.evaluation.lm_eval_bridge: the lm-eval tasks of this directory read their
+JSON lines files from beside this module (no network, no datasets cache, the directory can move)."""
+
+import json
+import os
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def load(data_file=None, **kwargs):
+    import datasets
+
+    with open(os.path.join(HERE, data_file), encoding="utf-8") as fh:
+        rows = [json.loads(line) for line in fh if line.strip()]
+    return {"test": datasets.Dataset.from_list(rows)}
+'''
+
+
+def mcq_task_yaml(name: str, data_file: str) -> str:
+    """lm-eval task YAML over `data_file` (a name in the same directory) of {"question", "choices", "answer": index}
+    records, loaded by the directory's mtf_tasks_loader.py."""
+    return f"""# {name}: the project's cloze MCQ (megatron_tf/evaluation/mcq.py) as an lm-evaluation-harness task;
+# written by megatron_tf.evaluation.lm_eval_bridge
+task: {name}
+custom_dataset: !function {LOADER_MODULE}.load
+dataset_kwargs:
+  data_file: {json.dumps(data_file)}
+test_split: test
+output_type: multiple_choice
+doc_to_text: "Question: {{{{question}}}}\\nAnswer:"
+doc_to_choice: choices
+doc_to_target: answer
+target_delimiter: " "
+metric_list:
+  - metric: acc
+    aggregation: mean
+    higher_is_better: true
+  - metric: acc_norm
+    aggregation: mean
+    higher_is_better: true
+metadata:
+  version: 1.0
+"""
 
 
 def write_mcq_tasks(sets: Sequence[MCQSet], out_dir: str, prefix: str = TASK_PREFIX) -> list[str]:
-    """Write <prefix><set>.jsonl and .yaml per set into out_dir (the --include_path); returns the task names."""
+    """Write <prefix><set>.jsonl and .yaml per set, and the loader module, into out_dir (the --include_path);
+    returns the task names."""
     from megatron_tf.utils.io import atomic_write
 
     out_dir = os.path.abspath(out_dir)
     os.makedirs(out_dir, exist_ok=True)
+    with atomic_write(os.path.join(out_dir, LOADER_MODULE + ".py"), "w") as fh:
+        fh.write(LOADER_SOURCE)
     names = []
     for s in sets:
         name = prefix + s.name
-        data = os.path.join(out_dir, name + ".jsonl")
-        with atomic_write(data, "w") as fh:
+        with atomic_write(os.path.join(out_dir, name + ".jsonl"), "w") as fh:
             for q in s.questions:
                 fh.write(json.dumps({"qid": q.qid, "subject": q.subject, "question": q.question.strip(),
                                      "choices": [c.strip() for c in q.choices], "answer": q.answer},
                                     ensure_ascii=False) + "\n")
         with atomic_write(os.path.join(out_dir, name + ".yaml"), "w") as fh:
-            json.dump(mcq_task_config(name, data), fh, indent=2)
-            fh.write("\n")
+            fh.write(mcq_task_yaml(name, name + ".jsonl"))
         names.append(name)
     return names
 
