@@ -77,6 +77,13 @@ def merge_pieces(ckpt_tmp: str, extra_paths: list[str]) -> None:
         os.rmdir(d)
 
 
+def write_manifest(ckpt_dir: str) -> None:
+    """checksums.json for every file of a checkpoint directory written by one process (e.g. tools/import_hf.py);
+    call it on the temporary directory before renaming it into place."""
+    paths = [os.path.join(r, n) for r, _, ns in os.walk(ckpt_dir) for n in ns if n != MANIFEST]
+    merge_pieces(ckpt_dir, sorted(paths))
+
+
 def checkpoint_root(path: str) -> str | None:
     """The iter_* directory holding `path` (a file at most two levels down), or None."""
     d = os.path.dirname(os.path.abspath(path))
@@ -108,8 +115,8 @@ def verify_one(path: str) -> None:
     if files is None:
         if root not in _warned_unverified:
             _warned_unverified.add(root)
-            log.warning("%s has no %s (written before checkpoint checksums): its files are not verified", root,
-                        MANIFEST)
+            log.warning("%s has no %s (written before checkpoint checksums, or by a writer that records none): its "
+                        "files are not verified", root, MANIFEST)
         return
     rel = os.path.relpath(os.path.abspath(path), root)
     entry = files.get(rel)

@@ -142,3 +142,21 @@ def test_non_finite_weights_are_never_saved(tmp_path):
         ckpt.save_checkpoint(save, 2, bad, {"configs": {}}, {"iteration": 2})
     assert sorted(os.listdir(save)) == ["iter_0000001", "latest"]
     assert open(os.path.join(save, "latest")).read() == "iter_0000001\n"
+
+
+def test_write_manifest_for_single_process_writers(tmp_path):
+    from megatron_tf.training.checkpoint_integrity import write_manifest
+
+    d = tmp_path / "iter_0000000"
+    (d / "mp_rank_00_000").mkdir(parents=True)
+    (d / "config.json").write_text("{}")
+    (d / "mp_rank_00_000" / "model.safetensors").write_bytes(b"abc")
+    write_manifest(str(d))
+    files = json.load(open(d / "checksums.json"))["files"]
+    assert files == {"config.json": {"xxh3_64": digest_file(str(d / "config.json")), "bytes": 2},
+                     "mp_rank_00_000/model.safetensors": {"xxh3_64": digest_file(str(d / "mp_rank_00_000" /
+                                                                                   "model.safetensors")), "bytes": 3}}
+    assert not (d / "checksums").exists()
+    (d / "config.json").write_text("[]")
+    _, _, problems = verify_checkpoint(str(d))
+    assert len(problems) == 1 and "config.json: file checksum mismatch" in problems[0]
