@@ -23,7 +23,6 @@ import dataclasses
 import os
 import signal
 import time
-from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -50,40 +49,12 @@ from .loss import global_count, local_learned_tokens, loss_scale, microbatch_obj
 from .lr_schedule import build_lr_schedule
 from .metrics import MetricsWriter, format_eval, format_train, mfu, peak_flops, progress_bar
 from .optimizer import build_optimizer, clip_grads_, global_grad_norm, norm_params, set_lr
+from .result import TrainResult
 from .schedule import P2P, forward_backward_1f1b, forward_backward_no_pipelining
 
 log = get_logger(__name__)
 
 FAULT_ENV = "MEGATRON_TF_FAULT"  # fault injection for tests: "step:9" or "save:6" -> SIGKILL at that point
-
-
-@dataclass
-class TrainResult:
-    """What `pretrain` returns (on every rank; losses are global)."""
-
-    iteration: int
-    consumed_samples: int
-    tokens_seen: int
-    tokens_learned: int
-    stopped_by: str  # "train_iters", "train_tokens" or "exit_interval"
-    iterations: list[int] = field(default_factory=list)  # every iteration trained in this call
-    losses: list[float] = field(default_factory=list)
-    lrs: list[float] = field(default_factory=list)
-    grad_norms: list[float] = field(default_factory=list)
-    learned_per_step: list[int] = field(default_factory=list)
-    skipped_nonfinite: list[int] = field(default_factory=list)  # iterations skipped by --skip-nonfinite-steps
-    evals: list[dict] = field(default_factory=list)  # {"iteration", "name", "loss", "tokens", ...}
-    save_dir: str | None = None
-    last_checkpoint: str | None = None
-    tokens_per_s: float | None = None
-    mfu: float | None = None
-
-    def final_eval(self) -> dict[str, float]:
-        """{name: loss} of the last evaluation."""
-        out = {}
-        for rec in self.evals:
-            out[rec["name"]] = rec["loss"]
-        return out
 
 
 def _fault(point: str, iteration: int) -> None:
