@@ -11,9 +11,10 @@ One optimizer step (`Trainer.train_step`):
     DDP's reducer would fire on the wrong microbatch; DeepSpeed in engine.step());
  5. global gradient norm over TP x PP; divergence guard (divergence.py: a non-finite loss or norm is never
     applied); clip, set the LR, AdamW step.
-Host synchronisation: none per step in iteration mode (losses, counts and norms stay on the device until a log,
-eval or save point); one scalar per step with --train-tokens counting learned tokens (the learned count decides when
-to stop); none with --train-tokens-count seen (global batch x seq length per step, known on the host).
+Host synchronisation: one flag per step, the divergence guard's (the update must not start before the host knows
+the loss and norm are finite; Megatron-LM and torch's GradScaler synchronise the same way); losses, counts and
+norms stay on the device until a log, eval or save point, except the learned count per step with --train-tokens
+counting learned tokens (it decides when to stop; with --train-tokens-count seen the count is known on the host).
 """
 
 from __future__ import annotations
