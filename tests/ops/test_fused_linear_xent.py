@@ -225,3 +225,43 @@ def test_trainer_fused_linear_equals_materialised_logits(tmp_path, monkeypatch):
     assert a.learned_per_step == b.learned_per_step and 0 < a.learned_per_step[0] < 8 * 16
     torch.testing.assert_close(b.losses, a.losses, rtol=2e-5, atol=0)
     torch.testing.assert_close(b.grad_norms, a.grad_norms, rtol=2e-5, atol=0)
+
+
+def _trainer_tp2_worker(rank, world, rdzv, prefix, out):
+    import json
+
+    from megatron_tf.training import pretrain
+    from tests.training.synth import tiny_args
+
+    init_gloo(rank, world, rdzv)
+    extra = ["--token-filter", "mask", "--forget-threshold", "0.5", "--eval-iters", "0", "--label-smoothing", "0.1"]
+    res = {}
+    for name, par in (("tp2_sp", ["--tensor-model-parallel-size", "2", "--sequence-parallel"]),
+                      ("dp2_tied", ["--no-untie-embeddings-and-output-weights"])):
+        r = pretrain(tiny_args(prefix, iters=3, extra=extra + par + ["--cross-entropy-impl", "fused-linear"]))
+        res[name] = {"losses": r.losses, "grad_norms": r.grad_norms}
+    if rank == 0:
+        with open(out, "w") as f:
+            json.dump(res, f)
+
+
+@pytest.mark.slow
+def test_trainer_fused_linear_tp2_sequence_parallel_and_dp2_tied_equal_one_process(tmp_path):
+    """TP = 2 (+ sequence parallel: the hidden gradient of each vocabulary shard is summed by the model's TP
+    mapping) and DP = 2 with tied embeddings, on 2 gloo processes, equal the single-process logits path."""
+    import json
+
+    from megatron_tf.training import pretrain
+    from tests.training.synth import make_data, tiny_args
+
+    prefix = make_data(tmp_path)
+    extra = ["--token-filter", "mask", "--forget-threshold", "0.5", "--eval-iters", "0", "--label-smoothing", "0.1"]
+    ref = pretrain(tiny_args(prefix, iters=3, extra=extra + ["--cross-entropy-impl", "torch"]))
+    ref_tied = pretrain(tiny_args(prefix, iters=3, extra=extra + ["--cross-entropy-impl", "torch",
+                                                                 "--no-untie-embeddings-and-output-weights"]))
+    out = str(tmp_path / "res.json")
+    run_distributed(_trainer_tp2_worker, 2, prefix, out)
+    res = json.loads(open(out).read())
+    for name, r in (("tp2_sp", ref), ("dp2_tied", ref_tied)):
+        torch.testing.assert_close(res[name]["losses"], r.losses, rtol=2e-5, atol=0, msg=name)
+        torch.testing.assert_close(res[name]["grad_norms"], r.grad_norms, rtol=2e-5, atol=0, msg=name)
