@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import lzma
 import os
+import warnings
 
 import numpy as np
 
@@ -42,10 +43,16 @@ def tiny_sp_checkpoint(tmp, name: str = "ckpt", iters: int = 4, extra: list[str]
     prefix = str(os.path.join(tmp, f"{name}_data"))
     write_dataset(prefix, docs, dtype=np.uint16)
     save = str(os.path.join(tmp, name))
+    with warnings.catch_warnings():  # the dataset is written directly, without preprocessing's meta.json
+        warnings.filterwarnings("ignore", message=".*meta.json not found")
+        _pretrain(prefix, save, iters, extra)
+    return save
+
+
+def _pretrain(prefix: str, save: str, iters: int, extra: list[str] | None) -> None:
     pretrain(["--num-layers", "2", "--hidden-size", "32", "--num-attention-heads", "4", "--ffn-hidden-size", "64",
               "--seq-length", "64", "--micro-batch-size", "4", "--global-batch-size", "8", "--lr", "3e-3",
               "--min-lr", "3e-4", "--lr-warmup-iters", "1", "--tokenizer-type", "SentencePieceTokenizer",
               "--tokenizer-model", DEMO_SP, "--data-path", prefix, "--split", "100,0,0", "--num-workers", "0",
               "--log-interval", "1", "--eval-iters", "0", "--no-progress-bar", "--seed", "3", "--train-iters",
               str(iters), "--save", save, *(extra or [])])
-    return save
