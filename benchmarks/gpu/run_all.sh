@@ -7,10 +7,10 @@
 #   tests      pytest tests/ops -k cuda (masked xent kernels and fused-linear kernels against float64, graph capture)
 #   flce       benchmarks/bench_fused_linear_xent.py: N=16384 H=2048 V=128256 bf16 fwd+bwd, 0 / 30% masked, memory,
 #              CCE and Liger when importable                                         -> fused_linear_xent.json
-#   xent       benchmarks/bench_xent.py --vocab 128256: p20/p80 spread                 -> xent_bench.json
 #   train      benchmarks/bench_train.py --sizes 1b --bf16: 3 runs x 30 timed steps per filter (none, mask,
 #              remove), full and causal attention MFU, overhead CIs                    -> train_bench.json
 #   annotate   benchmarks/bench_annotate.py --sizes 56m,112m on cuda (bf16): 112M / 224M biLM tokens/s
+#   xent       benchmarks/bench_xent.py --vocab 128256: p20/p80 spread                 -> xent_bench.json
 #   replication examples/scaling_sweep.sh (REPL_SIZES=cpu: 3 sizes x 4 arms on the bundled demo corpus, or
 #              REPL_SIZES=gpu with REPL_DATA_PREFIX) in the time left                  -> replication/report
 # Every step has a cap and is skipped (recorded as such) when the deadline leaves too little time. Results:
@@ -31,7 +31,7 @@ export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 PYTHONWARNINGS=ignore
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export MEGATRON_TF_CACHE="${MEGATRON_TF_CACHE:-/tmp/megatron_tf_cache}"
 DEADLINE_S="${DEADLINE_S:-$((DRY ? 300 : 540))}"
-PARTS="${PARTS:-env,build,tests,flce,xent,train,annotate,replication}"
+PARTS="${PARTS:-env,build,tests,flce,train,annotate,xent,replication}"
 REPL_SIZES="${REPL_SIZES:-cpu}"
 REPL_DATA_PREFIX="${REPL_DATA_PREFIX:-}"
 STEPS="$OUT/steps.jsonl"
@@ -122,7 +122,7 @@ train_step() {
 
 annotate_step() {
   if ((DRY)); then py benchmarks/bench_annotate.py --sizes demo --tokens 3000 --out "$OUT/annotate.json"
-  else py benchmarks/bench_annotate.py --sizes 56m,112m --device cuda --tokens 2000000 --out "$OUT/annotate_gpu.json"
+  else py benchmarks/bench_annotate.py --sizes 56m,112m --device cuda --tokens 1000000 --out "$OUT/annotate_gpu.json"
   fi
 }
 
@@ -141,9 +141,9 @@ main() {
   step build 200 60 bash -c build_step
   step tests 120 30 bash -c tests_step
   step flce 90 30 bash -c flce_step
-  step xent 60 20 bash -c xent_step
   step train 240 90 bash -c train_step
-  step annotate 90 30 bash -c annotate_step
+  step annotate 75 30 bash -c annotate_step
+  step xent 45 20 bash -c xent_step
   step replication 100000 60 bash -c replication_step
   py -c "import json, sys
 steps = [json.loads(l) for l in open(sys.argv[1])]
