@@ -39,7 +39,7 @@ import numpy as np
 
 from .. import __version__
 from ..config.cli import opt
-from ..data.indexed_dataset import IndexedDataset
+from ..data.indexed_dataset import IndexedDataset, token_id_range
 from ..data.sidecar import (
     KIND_DOC_SCORES,
     KIND_TOKEN_MASK,
@@ -234,10 +234,7 @@ def check_tokenizer(ds: IndexedDataset, tokenizer, fingerprint: str | None = Non
             max_id = int(meta["max_token_id"])
     source = "meta.json" if max_id is not None else "scan"
     if max_id is None:
-        max_id = -1
-        block = 1 << 24
-        for a in range(0, ds.num_tokens, block):
-            max_id = max(max_id, int(np.asarray(ds.tokens(a, min(a + block, ds.num_tokens))).max()))
+        max_id = token_id_range(ds)[1]  # vectorised, in blocks (indexed_dataset.token_id_range)
     if max_id >= tokenizer.vocab_size:
         where = meta_path if source == "meta.json" else ds.bin_path
         raise ValueError(f"{where}: dataset has token id {max_id}, outside the vocabulary of tokenizer "
