@@ -89,6 +89,8 @@ class InputStream:
     def read(self, n: int) -> bytes:
         try:
             return self._stream.read(n)
+        except InputError:  # already names the file
+            raise
         except (OSError, EOFError, lzma.LZMAError, ValueError) as e:
             raise InputError(f"{self.path}: cannot read {self.compression} data: {e}") from e
 
