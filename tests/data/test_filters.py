@@ -187,6 +187,22 @@ def test_stale_bit_mask_is_ignored(tmp_path):
     check_all_positions(train, docs, new, 128, "remove")
 
 
+def test_the_loader_logs_which_sidecar_files_it_reads(corpus):
+    tmp, prefix, docs, q = corpus
+    seen = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = seen.append
+    logging.getLogger("megatron_tf").addHandler(handler)
+    try:
+        build(prefix, tmp, FilterConfig(token_filter="mask", forget_threshold=0.5))
+        build(prefix, tmp, FilterConfig(token_filter="document", document_threshold=0.5))
+    finally:
+        logging.getLogger("megatron_tf").removeHandler(handler)
+    msgs = [r.getMessage() for r in seen]
+    assert f"{prefix}: forget flags from token scores {prefix}.forget.tokscores at threshold 0.5" in msgs, msgs
+    assert f"{prefix}: document score mean_score from {prefix}.forget.docscores" in msgs, msgs
+
+
 def test_eod_mask_loss_and_reset_position_ids(corpus):
     tmp, prefix, docs, q = corpus
     res = build(prefix, tmp, FilterConfig(token_filter="mask", forget_threshold=0.5), eod_mask_loss=True,
