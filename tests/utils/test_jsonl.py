@@ -76,3 +76,17 @@ def test_iter_texts_lone_surrogate_policies(tmp_path):
     assert list(iter_texts([str(p)], on_bad_line="skip")) == ["one", "three"]
     with pytest.raises(InputError, match=r"s\.jsonl:2: key 'text' holds a lone UTF-16 surrogate"):
         list(iter_texts([str(p)]))
+
+
+def test_the_evaluation_readers_refuse_a_truncated_zstd(tmp_path):
+    """tools/evaluate.py reads its question sets (eval_sets.read_records) and text sets (iter_texts) through this
+    reader: a cut .zst is an error there too, not a shorter evaluation set."""
+    from megatron_tf.evaluation.eval_sets import read_records
+
+    whole = zstandard.ZstdCompressor(level=3).compress(DATA)
+    p = tmp_path / "mmlu.jsonl.zst"
+    p.write_bytes(whole[: len(whole) * 2 // 3])
+    with pytest.raises(InputError, match=r"mmlu\.jsonl\.zst: cannot read zstd data: truncated file"):
+        list(read_records(str(p)))
+    p.write_bytes(whole)
+    assert len(list(read_records(str(p)))) == len(RECORDS)
