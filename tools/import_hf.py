@@ -8,11 +8,13 @@
 Reads `config.json` and the weights (`model.safetensors`, sharded `model-*.safetensors` with their index, or
 `pytorch_model.bin` read with weights_only=True) of --hf; the tokenizer is --hf's `tokenizer.model` (SentencePiece) or
 else its `tokenizer.json`, unless --tokenizer-type / --tokenizer-model are given. It must hold the project's reserved
-tokens `<|endoftext|>`, `<|hidden|>` and `<|pad|>` (megatron_tf/tokenizer/tokenizer.py); its file is copied into the
-checkpoint. Writes the trainer's layout (docs/training.md): `latest`, `iter_0000000/config.json`, `state.json` and
-`mp_rank_TT_PPP/model.safetensors` per TP/PP rank (no optimizer or RNG state), built in a temporary sibling directory
-that is renamed into place; a non-empty --output is replaced only with --overwrite and only if it is a checkpoint
-directory. The model flags that pretrain_gpt.py needs are printed (and stored in config.json as `imported_from`):
+tokens `<|endoftext|>`, `<|hidden|>` and `<|pad|>` (megatron_tf/tokenizer/tokenizer.py), or --add-reserved-tokens
+appends the missing ones (ids after the last; embedding rows added as the mean row when the model has too few); its
+file is copied into the checkpoint. Writes the trainer's layout (docs/training.md): `latest`,
+`iter_0000000/config.json`, `state.json` and `mp_rank_TT_PPP/model.safetensors` per TP/PP rank (no optimizer or RNG
+state), built in a temporary sibling directory that is renamed into place; a non-empty --output is replaced only
+with --overwrite and only if it is a checkpoint directory. The model flags that pretrain_gpt.py needs are printed
+(and stored in config.json as `imported_from`):
 
     python pretrain_gpt.py <printed flags> --load ckpt/llama --finetune --save ckpt/continued --data-path ... \\
         --token-filter mask ...
@@ -30,6 +32,7 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -39,10 +42,12 @@ from megatron_tf.model.hf_export import load_state_dict_file  # noqa: E402
 from megatron_tf.model.hf_import import (  # noqa: E402
     HFImportError,
     from_llama_state_dict,
+    grow_vocab_rows,
     model_config_from_llama,
     shard_state_dict,
 )
-from megatron_tf.tokenizer.tokenizer import TOKENIZER_TYPES, build_tokenizer  # noqa: E402
+from megatron_tf.tokenizer.hf_files import add_reserved_tokens  # noqa: E402
+from megatron_tf.tokenizer.tokenizer import TOKENIZER_TYPES, TokenizerError, build_tokenizer  # noqa: E402
 from megatron_tf.utils.io import atomic_directory, read_json  # noqa: E402
 
 
@@ -58,6 +63,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--vocab-size", type=int, default=None, help="NullTokenizer only")
     p.add_argument("--seq-length", type=int, default=None,
                    help="the run's --seq-length stored in the checkpoint (default: max_position_embeddings)")
+    p.add_argument("--add-reserved-tokens", action="store_true",
+                   help="append the reserved tokens the tokenizer lacks (<|endoftext|>, <|hidden|>, <|pad|>) to a "
+                        "copy of it, with embedding rows initialised to the mean row where the model has too few")
     p.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint directory")
     return p.parse_args(argv)
 
@@ -142,21 +150,38 @@ def write_checkpoint(tmp: str, full: dict, cfg, tp: int, pp: int, run_config: di
 
 
 def main(argv=None) -> int:
-    from megatron_tf.training.arguments import Configs
-    from megatron_tf.training.config import TokenizerConfig, TrainingConfig
-
     args = parse_args(argv)
     tp, pp = args.tensor_model_parallel_size, args.pipeline_model_parallel_size
     out = os.path.abspath(args.output)
     check_output(out, args.overwrite)
     hf_config = read_json(os.path.join(args.hf, "config.json"))
     tok_type, tok_model = resolve_tokenizer(args)
-    tokenizer = build_tokenizer(tok_type, tok_model, args.vocab_size)
-    try:
-        cfg = model_config_from_llama(hf_config, tp, tokenizer.vocab_size)
-        full = from_llama_state_dict(read_hf_weights(args.hf), cfg, tp)
-    except HFImportError as e:
-        raise SystemExit(f"import_hf: {args.hf}: {e}") from e
+    with tempfile.TemporaryDirectory() as tok_tmp:
+        added: list[str] = []
+        if args.add_reserved_tokens and tok_model:
+            kind = "hf" if tok_type in ("HFTokenizer", "HuggingFaceTokenizer") else "sp"
+            copy = os.path.join(tok_tmp, os.path.basename(tok_model))
+            added = add_reserved_tokens(kind, tok_model, copy)
+            tok_model = copy
+        try:
+            tokenizer = build_tokenizer(tok_type, tok_model, args.vocab_size)
+        except TokenizerError as e:
+            raise SystemExit(f"import_hf: {e}; --add-reserved-tokens appends the missing reserved tokens") from e
+        hf_rows = int(hf_config["vocab_size"])
+        try:
+            weights, hf_config = grow_vocab_rows(read_hf_weights(args.hf), hf_config, tokenizer.vocab_size, tp)
+            cfg = model_config_from_llama(hf_config, tp, tokenizer.vocab_size)
+            full = from_llama_state_dict(weights, cfg, tp)
+        except HFImportError as e:
+            raise SystemExit(f"import_hf: {args.hf}: {e}") from e
+        _write(args, out, tp, pp, cfg, full, tokenizer, tok_type, tok_model, hf_rows, added)
+    return 0
+
+
+def _write(args, out, tp, pp, cfg, full, tokenizer, tok_type, tok_model, hf_rows, added) -> None:
+    from megatron_tf.training.arguments import Configs
+    from megatron_tf.training.config import TokenizerConfig, TrainingConfig
+
     if cfg.num_layers % pp and cfg.decoder_first_pipeline_num_layers is None:
         raise SystemExit(f"import_hf: {cfg.num_layers} layers cannot be split evenly over {pp} pipeline stages")
     seq = args.seq_length or cfg.max_position_embeddings
@@ -172,7 +197,7 @@ def main(argv=None) -> int:
                                "data_parallel_size": 1, "world_size": tp * pp},
                   "padded_vocab_size": cfg.padded_vocab_size(tp), "torch_version": torch.__version__,
                   "imported_from": {"hf_dir": os.path.abspath(args.hf), "model_flags": flags,
-                                    "hf_vocab_size": int(hf_config["vocab_size"]),
+                                    "hf_vocab_size": hf_rows, "added_tokens": added,
                                     "model_config": dataclasses.asdict(cfg)}}
     with atomic_directory(out) as tmp:
         write_checkpoint(tmp, full, cfg, tp, pp, run_config)
@@ -180,8 +205,8 @@ def main(argv=None) -> int:
             os.makedirs(os.path.join(tmp, "tokenizer"))
             shutil.copyfile(tok_model, os.path.join(tmp, "tokenizer", os.path.basename(tok_model)))
     print(f"imported {args.hf} -> {out} (tp {tp}, pp {pp}, vocab {tokenizer.vocab_size} padded to "
-          f"{cfg.padded_vocab_size(tp)})\npretrain_gpt.py flags: {' '.join(flags)} --load {out} --finetune")
-    return 0
+          f"{cfg.padded_vocab_size(tp)}{'; added ' + ', '.join(added) if added else ''})\n"
+          f"pretrain_gpt.py flags: {' '.join(flags)} --load {out} --finetune")
 
 
 if __name__ == "__main__":

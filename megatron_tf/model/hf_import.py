@@ -162,6 +162,27 @@ def from_llama_state_dict(hf_sd: Mapping[str, torch.Tensor], cfg: ModelConfig, t
     return {k: v.contiguous() for k, v in out.items()}
 
 
+def grow_vocab_rows(hf_sd: Mapping[str, torch.Tensor], hf: dict, vocab_size: int, tp: int = 1
+                    ) -> tuple[dict[str, torch.Tensor], dict]:
+    """Rows for tokens added to the tokenizer (the reserved tokens an outside tokenizer lacks) when the embedding has
+    fewer rows than the tokenizer has tokens: the embedding (and an untied lm_head) get rows up to ceil(V / tp) * tp,
+    each the mean of the existing rows (so a new token starts as an average token: its logit is the mean logit), and
+    config vocab_size follows. Unchanged (same objects) when the rows suffice."""
+    rows = int(hf["vocab_size"])
+    if vocab_size <= rows:
+        return dict(hf_sd), dict(hf)
+    target = -(-vocab_size // tp) * tp
+    out = dict(hf_sd)
+    for name in ("model.embed_tokens.weight", "lm_head.weight"):
+        if name in out:
+            w = out[name]
+            if w.shape[0] != rows:
+                raise HFImportError(f"tensor {name!r} has {w.shape[0]} rows, config.json vocab_size is {rows}")
+            mean = w[:rows].double().mean(0, keepdim=True).to(w.dtype)
+            out[name] = torch.cat([w, mean.expand(target - rows, -1)])
+    return out, {**hf, "vocab_size": target}
+
+
 def stage_parameter_names(cfg: ModelConfig, pp: int, pp_rank: int) -> list[str]:
     """Parameter names held by pipeline stage `pp_rank` of `pp` (built on the meta device)."""
     from .gpt import GPTModel, stage_layer_range

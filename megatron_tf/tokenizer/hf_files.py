@@ -149,3 +149,40 @@ def write_hf_tokenizer_files(tokenizer: Tokenizer, out_dir: str, model_max_lengt
         with open(os.path.join(out_dir, name), "w", encoding="utf-8") as fh:
             fh.write(content)
     return [*names, *files]
+
+
+def add_reserved_tokens(kind: str, src: str, dst: str) -> list[str]:
+    """Copy a tokenizer file `src` to `dst` with the reserved tokens it lacks appended after its last id (an outside
+    model's tokenizer, e.g. Llama's, has none of them). kind: "sp" (a SentencePiece model: control pieces, never
+    produced from text) or "hf" (a tokenizer.json: special added tokens). Encoding of text is unchanged. Returns the
+    tokens added, in id order (<|endoftext|>, <|hidden|>, <|pad|> among those missing)."""
+    from .tokenizer import RESERVED_TOKENS
+
+    if kind == "sp":
+        from sentencepiece import sentencepiece_model_pb2 as pb
+
+        m = pb.ModelProto()
+        with open(src, "rb") as fh:
+            m.ParseFromString(fh.read())
+        have = {p.piece for p in m.pieces}
+        added = [t for t in RESERVED_TOKENS if t not in have]
+        for t in added:
+            piece = m.pieces.add()
+            piece.piece, piece.score, piece.type = t, 0.0, SP_CONTROL
+        data = m.SerializeToString()
+        with open(dst, "wb") as fh:
+            fh.write(data)
+        return added
+    if kind != "hf":
+        raise ValueError(f"add_reserved_tokens: kind must be 'sp' or 'hf', got {kind!r}")
+    from tokenizers import AddedToken
+    from tokenizers import Tokenizer as HFTok
+
+    with open(src, encoding="utf-8") as fh:
+        tok = HFTok.from_str(fh.read())
+    added = [t for t in RESERVED_TOKENS if tok.token_to_id(t) is None]
+    for t in added:
+        tok.add_special_tokens([AddedToken(t, special=True, normalized=False)])
+    with open(dst, "w", encoding="utf-8") as fh:
+        fh.write(tok.to_str())
+    return added

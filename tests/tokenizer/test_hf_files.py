@@ -80,3 +80,25 @@ def test_unconvertible_sentencepiece_model_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"normalizer_spec.name 'nmt_nfkc' \(need 'identity'\); "
                                          r"normalizer_spec.add_dummy_prefix true"):
         sentencepiece_to_tokenizers_json(str(path))
+
+
+def test_add_reserved_tokens_keeps_encoding(tmp_path):
+    """A SentencePiece model without <|hidden|> (the demo's with that piece renamed): add_reserved_tokens appends it
+    as a control piece with id 8192; every held-out document encodes to the original model's ids."""
+    import sentencepiece as spm
+    from sentencepiece import sentencepiece_model_pb2 as pb
+
+    from megatron_tf.tokenizer.hf_files import add_reserved_tokens
+
+    m = pb.ModelProto()
+    m.ParseFromString(open(SP_MODEL, "rb").read())
+    assert m.pieces[3].piece == "<|hidden|>"
+    m.pieces[3].piece = "<ctrl3>"
+    (tmp_path / "a.model").write_bytes(m.SerializeToString())
+    assert add_reserved_tokens("sp", str(tmp_path / "a.model"), str(tmp_path / "b.model")) == ["<|hidden|>"]
+    tok = SentencePieceTokenizer(str(tmp_path / "b.model"))
+    assert (tok.vocab_size, tok.eod, tok.hidden, tok.pad) == (8193, 1, 8192, 2)
+    ref = spm.SentencePieceProcessor(model_file=SP_MODEL)
+    texts = _texts(20)
+    assert tok.tokenize_batch(texts) == ref.encode(texts)
+    assert add_reserved_tokens("sp", str(tmp_path / "b.model"), str(tmp_path / "c.model")) == []

@@ -156,3 +156,43 @@ def test_bad_input(tmp_path):
     with pytest.raises(SystemExit, match="not a checkpoint directory"):
         _import(tmp_path / "hf", tmp_path / "hf", extra=["--overwrite"])
     assert sorted(p for p in os.listdir(tmp_path) if ".tmp-" in p or ".old-" in p) == []
+
+
+def test_add_reserved_tokens_to_an_outside_tokenizer(tmp_path):
+    """A Llama whose tokenizer.json lacks the reserved tokens (like a stock Llama's): refused without
+    --add-reserved-tokens; with it, the three tokens get ids 300-302 after the tokenizer's 300, text encodes as
+    before, the embedding and lm_head grow to 304 rows (TP 2) whose new rows are the mean row, and logits on the old
+    vocabulary equal transformers'."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    from megatron_tf.attacks.checkpoint_io import load_checkpoint
+    from megatron_tf.utils.jsonl import iter_texts
+
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    texts = list(iter_texts([os.path.join(repo, "data", "demo", "heldout", "general.jsonl.xz")]))[:3]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=300, show_progress=False,
+                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    assert tok.get_vocab_size() == 300
+    model = _make_llama(tmp_path / "hf", seed=8, vocab_size=300)
+    tok.save(str(tmp_path / "hf" / "tokenizer.json"))
+    args = ["--hf", str(tmp_path / "hf"), "--output", str(tmp_path / "ckpt"), "--tensor-model-parallel-size", "2"]
+    with pytest.raises(SystemExit, match="no reserved token '<\\|endoftext\\|>'.*--add-reserved-tokens"):
+        import_hf.main(args)
+    assert import_hf.main([*args, "--add-reserved-tokens"]) == 0
+    src = load_checkpoint(str(tmp_path / "ckpt"))
+    assert (src.tokenizer.vocab_size, src.tokenizer.eod, src.tokenizer.hidden, src.tokenizer.pad) == (303, 300, 301,
+                                                                                                       302)
+    assert src.config["imported_from"]["added_tokens"] == ["<|endoftext|>", "<|hidden|>", "<|pad|>"]
+    for text in texts:
+        assert src.tokenizer.tokenize(text[:500]) == tok.encode(text[:500]).ids
+    sd = src.model.state_dict()
+    for name, hf_name in (("embedding.word_embeddings.weight", "model.embed_tokens.weight"),
+                          ("output_layer.weight", "lm_head.weight")):
+        w, ref = sd[name], model.state_dict()[hf_name]
+        assert w.shape == (304, 32) and torch.equal(w[:300], ref)
+        assert (w[300:] - ref.double().mean(0)).abs().max() < 1e-7
+    ids = torch.randint(0, 300, (1, 12), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert (src.model(ids)[..., :300] - model(ids).logits).abs().max() < 1e-5
