@@ -148,3 +148,30 @@ def test_disk_full_errors_name_the_file(tmp_path, monkeypatch):
     assert e.value.errno == errno.ENOSPC
     assert f"writing sidecar {sidecar_path(ds.path_prefix, KIND_DOC_SCORES)}" in str(e.value)
     assert not [f for f in os.listdir(tmp_path) if ".forget.tok" in f or ".forget.doc" in f]
+
+
+_FSIZE_LIMITED = """
+import resource, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG instead of killing us
+resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[2]), int(sys.argv[2])))
+from megatron_tf.labeling.annotate import annotate
+from megatron_tf.tokenizer.tokenizer import NullTokenizer
+from tests.labeling.labelers import HashLabeler
+try:
+    annotate(sys.argv[1], HashLabeler(), NullTokenizer(50), chunk_docs=1000, progress=False)
+except OSError as e:
+    print("OSError:", e)
+    sys.exit(3)
+"""
+
+
+def test_a_real_write_limit_names_the_file(tmp_path):
+    """No monkeypatching: the kernel refuses writes past RLIMIT_FSIZE (EFBIG), as a full disk refuses them (ENOSPC);
+    numpy's own message is only "N requested and M written"."""
+    rng = np.random.default_rng(0)
+    ds = write_dataset(str(tmp_path / "big"), [rng.integers(0, 47, 3000) for _ in range(4)], dtype=np.uint16)
+    p = subprocess.run([sys.executable, "-c", _FSIZE_LIMITED, ds.path_prefix, "8192"], cwd=REPO, capture_output=True,
+                       text=True, timeout=300)
+    assert p.returncode == 3, p.stderr[-2000:]
+    work = work_dir_for(ds.path_prefix, "forget")
+    assert f"writing annotation chunk {work}/chunk-00000000.tok.npy (12000 bytes) failed" in p.stdout, p.stdout
