@@ -216,8 +216,7 @@ def check_output_dir(out_dir: str, overwrite: bool) -> None:
 
 
 def generation_config_dict(bos_token_id: int | None, eos_token_id: int | None, pad_token_id: int | None) -> dict:
-    return {"_from_model_config": True, "bos_token_id": bos_token_id, "eos_token_id": eos_token_id,
-            "pad_token_id": pad_token_id}
+    return {"bos_token_id": bos_token_id, "eos_token_id": eos_token_id, "pad_token_id": pad_token_id}
 
 
 def _write_json(path: str, obj) -> None:
