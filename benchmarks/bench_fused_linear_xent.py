@@ -8,6 +8,7 @@ masked per-token losses / count (count = unmasked rows), gradients for hidden an
 rows masked. Methods:
   materialised   logits = hidden @ W.T (bf16), F.cross_entropy(logits.float(), reduction='none') * mask, autograd
   ours_cuda      fused_linear_cross_entropy(impl="cuda"): csrc/fused_linear_xent.cu (masked rows skipped on device)
+  ours_cuda_1buf the same with the single-buffered GEMM main loop (flce_cuda.set_pipeline(False))
   ours_torch     fused_linear_cross_entropy(impl="torch"): the exact reference (fp32 matmuls; slow, one rep)
   cce            Cut Cross-Entropy (cut_cross_entropy.linear_cross_entropy, reduction='sum', ignore_index on
                  masked rows), when importable
@@ -89,6 +90,12 @@ def loss_fns(device, extra: dict) -> dict:
     fns = {"materialised": materialised}
     if device.type == "cuda" and flce_cuda.load_library() is not None:
         fns["ours_cuda"] = lambda h, w, t, m: fused_linear_cross_entropy(h, w, t, m, impl="cuda").sum()
+
+        def single_buffered(h, w, t, m):
+            return fused_linear_cross_entropy(h, w, t, m, impl="cuda").sum()
+
+        single_buffered.pipeline = False  # step() holds this setting through forward AND backward
+        fns["ours_cuda_1buf"] = single_buffered
     fns["ours_torch"] = lambda h, w, t, m: fused_linear_cross_entropy(h, w, t, m, impl="torch").sum()
     fns.update(extra)
     return fns
@@ -96,10 +103,16 @@ def loss_fns(device, extra: dict) -> dict:
 
 def step(fn, hidden, weight, target, mask):
     """Forward + backward of sum / count; returns (loss, grad_hidden, grad_weight)."""
-    h = hidden.detach().requires_grad_(True)
-    w = weight.detach().requires_grad_(True)
-    loss = fn(h, w, target, mask) / mask.sum().clamp(min=1)
-    gh, gw = torch.autograd.grad(loss, (h, w))
+    pipe = getattr(fn, "pipeline", None)
+    old = flce_cuda.set_pipeline(pipe) if pipe is not None else None
+    try:
+        h = hidden.detach().requires_grad_(True)
+        w = weight.detach().requires_grad_(True)
+        loss = fn(h, w, target, mask) / mask.sum().clamp(min=1)
+        gh, gw = torch.autograd.grad(loss, (h, w))
+    finally:
+        if old is not None:
+            flce_cuda.set_pipeline(old)
     return loss.detach(), gh, gw
 
 

@@ -37,8 +37,8 @@ constexpr int kLdaK = BK + kPad, kLdaM = BM + kPad, kLdbK = BK + kPad, kLdbN = B
 constexpr int kSmemA = BM * kLdaK * 2 > BK * kLdaM * 2 ? BM * kLdaK * 2 : BK * kLdaM * 2;  // bytes
 constexpr int kSmemB = BN * kLdbK * 2 > BK * kLdbN * 2 ? BN * kLdbK * 2 : BK * kLdbN * 2;
 constexpr int kSmemC = BM * kLdc * 4;
-constexpr int kSmem = kSmemA + kSmemB > kSmemC ? kSmemA + kSmemB : kSmemC;
-static_assert(kSmemA % 128 == 0, "B tile must stay 128-byte aligned");
+constexpr int kSmem = 2 * (kSmemA + kSmemB) > kSmemC ? 2 * (kSmemA + kSmemB) : kSmemC;  // two stages | C tile
+static_assert(kSmemA % 128 == 0 && kSmemB % 128 == 0, "stages must stay 128-byte aligned");
 static_assert(kSmem <= 48 * 1024, "static shared memory limit");
 
 enum Epi : int { kStats = 0, kDlogits = 1, kAccum = 2, kStore = 3 };
@@ -76,18 +76,36 @@ __device__ __forceinline__ __half from_float<__half>(float v) { return __float2h
 
 __device__ __forceinline__ int clamp8(int64_t v) { return v <= 0 ? 0 : (v >= 8 ? 8 : static_cast<int>(v)); }
 
-// Eight 16-bit values into shared memory: one 16-byte load when all are valid and aligned, else element loads with
-// zero fill (tile edges, rows past the compaction count).
+__device__ __forceinline__ void cp_async16(void* smem_dst, const void* gmem_src) {
+  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem_dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(gmem_src));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+// Eight 16-bit values into shared memory: one 16-byte load when all are valid and aligned (asynchronous with
+// cp.async in the pipelined variant), else element loads with zero fill (tile edges, rows past the compaction count).
+template <bool PIPE>
 __device__ __forceinline__ void load8(uint16_t* dst, const uint16_t* src, int valid, bool vec) {
   if (valid == 8 && vec) {
-    *reinterpret_cast<uint4*>(dst) = __ldg(reinterpret_cast<const uint4*>(src));
+    if (PIPE)
+      cp_async16(dst, src);
+    else
+      *reinterpret_cast<uint4*>(dst) = __ldg(reinterpret_cast<const uint4*>(src));
+    return;
+  }
+  if (valid == 0) {
+    *reinterpret_cast<uint4*>(dst) = make_uint4(0u, 0u, 0u, 0u);
     return;
   }
 #pragma unroll
   for (int i = 0; i < 8; ++i) dst[i] = i < valid ? src[i] : static_cast<uint16_t>(0);
 }
 
-template <bool AK, bool BKc>
+template <bool AK, bool BKc, bool PIPE>
 __device__ __forceinline__ void load_tiles(const GemmArgs& g, uint16_t* As, uint16_t* Bs, const int64_t* a_off,
                                            int64_t m0, int64_t n0, int64_t k0, int64_t m_eff, int64_t k_eff) {
   const int tid = threadIdx.x;
@@ -95,15 +113,15 @@ __device__ __forceinline__ void load_tiles(const GemmArgs& g, uint16_t* As, uint
     for (int c = tid; c < BM * (BK / 8); c += kThreads) {
       const int r = c / (BK / 8), kc = (c % (BK / 8)) * 8;
       const int64_t off = a_off[r];
-      load8(As + r * kLdaK + kc, g.a + (off < 0 ? 0 : off + k0 + kc), off < 0 ? 0 : clamp8(k_eff - k0 - kc),
-            g.vec_a);
+      load8<PIPE>(As + r * kLdaK + kc, g.a + (off < 0 ? 0 : off + k0 + kc),
+                  off < 0 ? 0 : clamp8(k_eff - k0 - kc), g.vec_a);
     }
   } else {  // As[k][m], A(m, k) at a[k * lda + m]
     for (int c = tid; c < BK * (BM / 8); c += kThreads) {
       const int kr = c / (BM / 8), mc = (c % (BM / 8)) * 8;
       const int64_t k = k0 + kr, m = m0 + mc;
       const bool ok = k < k_eff;
-      load8(As + kr * kLdaM + mc, g.a + (ok ? k * g.lda + m : 0), ok ? clamp8(m_eff - m) : 0, g.vec_a);
+      load8<PIPE>(As + kr * kLdaM + mc, g.a + (ok ? k * g.lda + m : 0), ok ? clamp8(m_eff - m) : 0, g.vec_a);
     }
   }
   if (BKc) {  // Bs[n][k], B(k, n) at b[n * ldb + k]
@@ -111,7 +129,7 @@ __device__ __forceinline__ void load_tiles(const GemmArgs& g, uint16_t* As, uint
       const int r = c / (BK / 8), kc = (c % (BK / 8)) * 8;
       const int64_t n = n0 + r, k = k0 + kc;
       const bool ok = n < g.n;
-      load8(Bs + r * kLdbK + kc, g.b + (ok ? n * g.ldb + k : 0), ok ? clamp8(k_eff - k) : 0, g.vec_b);
+      load8<PIPE>(Bs + r * kLdbK + kc, g.b + (ok ? n * g.ldb + k : 0), ok ? clamp8(k_eff - k) : 0, g.vec_b);
     }
   } else {  // Bs[k][n], B(k, n) at b[rows(k) * ldb + n]
     for (int c = tid; c < BK * (BN / 8); c += kThreads) {
@@ -119,48 +137,84 @@ __device__ __forceinline__ void load_tiles(const GemmArgs& g, uint16_t* As, uint
       const int64_t k = k0 + kr, n = n0 + nc;
       const bool ok = k < k_eff;
       const int64_t row = ok ? (g.b_rows ? g.b_rows[k] : k) : 0;
-      load8(Bs + kr * kLdbN + nc, g.b + (ok ? row * g.ldb + n : 0), ok ? clamp8(g.n - n) : 0, g.vec_b);
+      load8<PIPE>(Bs + kr * kLdbN + nc, g.b + (ok ? row * g.ldb + n : 0), ok ? clamp8(g.n - n) : 0, g.vec_b);
     }
   }
 }
 
+using Acc = wmma::fragment<wmma::accumulator, 16, 16, 16, float>;
+
+// acc += the BK-deep product of the staged A and B tiles (each warp: a 32 x 32 block, 2 x 2 fragments).
 template <typename T, bool AK, bool BKc>
-__device__ __forceinline__ void mma_tile(const GemmArgs& g, uint16_t* As, uint16_t* Bs, const int64_t* a_off,
-                                         int64_t m0, int64_t n0, int64_t m_eff, int64_t k_eff, float* Cs) {
+__device__ __forceinline__ void mma_stage(const uint16_t* As, const uint16_t* Bs, Acc (&acc)[2][2]) {
   using ALayout = typename std::conditional<AK, wmma::row_major, wmma::col_major>::type;
   using BLayout = typename std::conditional<BKc, wmma::col_major, wmma::row_major>::type;
   const int warp = threadIdx.x / 32, wm = warp / 2, wn = warp % 2;
-  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[2][2];
+  const T* At = reinterpret_cast<const T*>(As);
+  const T* Bt = reinterpret_cast<const T*>(Bs);
+#pragma unroll
+  for (int kk = 0; kk < BK; kk += 16) {
+    wmma::fragment<wmma::matrix_a, 16, 16, 16, T, ALayout> fa[2];
+    wmma::fragment<wmma::matrix_b, 16, 16, 16, T, BLayout> fb[2];
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      const int mr = wm * 32 + i * 16;
+      wmma::load_matrix_sync(fa[i], AK ? At + mr * kLdaK + kk : At + kk * kLdaM + mr, AK ? kLdaK : kLdaM);
+    }
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      const int nr = wn * 32 + j * 16;
+      wmma::load_matrix_sync(fb[j], BKc ? Bt + nr * kLdbK + kk : Bt + kk * kLdbN + nr, BKc ? kLdbK : kLdbN);
+    }
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+#pragma unroll
+      for (int j = 0; j < 2; ++j) wmma::mma_sync(acc[i][j], fa[i], fb[j], acc[i][j]);
+  }
+}
+
+// One 128 x 64 output tile into Cs (fp32, aliasing the operand buffers). PIPE: two shared-memory stages filled
+// with cp.async, the loads of step k + 1 in flight during the MMAs of step k; otherwise one stage, load then compute.
+template <typename T, bool AK, bool BKc, bool PIPE>
+__device__ __forceinline__ void mma_tile(const GemmArgs& g, unsigned char* smem, const int64_t* a_off, int64_t m0,
+                                         int64_t n0, int64_t m_eff, int64_t k_eff, float* Cs) {
+  Acc acc[2][2];
 #pragma unroll
   for (int i = 0; i < 2; ++i)
 #pragma unroll
     for (int j = 0; j < 2; ++j) wmma::fill_fragment(acc[i][j], 0.0f);
-  const T* At = reinterpret_cast<const T*>(As);
-  const T* Bt = reinterpret_cast<const T*>(Bs);
-  for (int64_t k0 = 0; k0 < k_eff; k0 += BK) {
-    load_tiles<AK, BKc>(g, As, Bs, a_off, m0, n0, k0, m_eff, k_eff);
-    __syncthreads();
-#pragma unroll
-    for (int kk = 0; kk < BK; kk += 16) {
-      wmma::fragment<wmma::matrix_a, 16, 16, 16, T, ALayout> fa[2];
-      wmma::fragment<wmma::matrix_b, 16, 16, 16, T, BLayout> fb[2];
-#pragma unroll
-      for (int i = 0; i < 2; ++i) {
-        const int mr = wm * 32 + i * 16;
-        wmma::load_matrix_sync(fa[i], AK ? At + mr * kLdaK + kk : At + kk * kLdaM + mr, AK ? kLdaK : kLdaM);
-      }
-#pragma unroll
-      for (int j = 0; j < 2; ++j) {
-        const int nr = wn * 32 + j * 16;
-        wmma::load_matrix_sync(fb[j], BKc ? Bt + nr * kLdbK + kk : Bt + kk * kLdbN + nr, BKc ? kLdbK : kLdbN);
-      }
-#pragma unroll
-      for (int i = 0; i < 2; ++i)
-#pragma unroll
-        for (int j = 0; j < 2; ++j) wmma::mma_sync(acc[i][j], fa[i], fb[j], acc[i][j]);
+  // stage st: A at smem + st * kSmemA, B at smem + 2 * kSmemA + st * kSmemB (arithmetic, not an indexed array:
+  // a dynamically indexed pointer array would live in local memory)
+  auto a_st = [smem](int st) { return reinterpret_cast<uint16_t*>(smem + st * kSmemA); };
+  auto b_st = [smem](int st) { return reinterpret_cast<uint16_t*>(smem + 2 * kSmemA + st * kSmemB); };
+  const int64_t nk = (k_eff + BK - 1) / BK;
+  if (PIPE) {
+    if (nk > 0) {
+      load_tiles<AK, BKc, true>(g, a_st(0), b_st(0), a_off, m0, n0, 0, m_eff, k_eff);
+      cp_async_commit();
     }
-    __syncthreads();
+    for (int64_t it = 0; it < nk; ++it) {
+      const int cur = static_cast<int>(it & 1);
+      if (it + 1 < nk) {
+        load_tiles<AK, BKc, true>(g, a_st(cur ^ 1), b_st(cur ^ 1), a_off, m0, n0, (it + 1) * BK, m_eff, k_eff);
+        cp_async_commit();
+        cp_async_wait<1>();
+      } else {
+        cp_async_wait<0>();
+      }
+      __syncthreads();
+      mma_stage<T, AK, BKc>(a_st(cur), b_st(cur), acc);
+      __syncthreads();  // the stage computed here is refilled in the next iteration
+    }
+  } else {
+    for (int64_t it = 0; it < nk; ++it) {
+      load_tiles<AK, BKc, false>(g, a_st(0), b_st(0), a_off, m0, n0, it * BK, m_eff, k_eff);
+      __syncthreads();
+      mma_stage<T, AK, BKc>(a_st(0), b_st(0), acc);
+      __syncthreads();
+    }
   }
+  const int warp = threadIdx.x / 32, wm = warp / 2, wn = warp % 2;
 #pragma unroll
   for (int i = 0; i < 2; ++i)
 #pragma unroll
@@ -170,12 +224,10 @@ __device__ __forceinline__ void mma_tile(const GemmArgs& g, uint16_t* As, uint16
   __syncthreads();
 }
 
-template <typename T, bool AK, bool BKc, int EPI>
+template <typename T, bool AK, bool BKc, int EPI, bool PIPE>
 __global__ void __launch_bounds__(kThreads) gemm_kernel(const GemmArgs g) {
   __shared__ __align__(128) unsigned char smem[kSmem];
   __shared__ int64_t a_off[BM];
-  uint16_t* As = reinterpret_cast<uint16_t*>(smem);
-  uint16_t* Bs = reinterpret_cast<uint16_t*>(smem + kSmemA);
   float* Cs = reinterpret_cast<float*>(smem);
   const int64_t m_eff = g.m_count ? (*g.m_count < g.m ? *g.m_count : g.m) : g.m;
   const int64_t k_eff = g.k_count ? (*g.k_count < g.k ? *g.k_count : g.k) : g.k;
@@ -199,7 +251,7 @@ __global__ void __launch_bounds__(kThreads) gemm_kernel(const GemmArgs g) {
   const int sr = tid >> 1, half = tid & 1;
   for (int64_t t = t_begin; t < t_end; ++t) {
     const int64_t n0 = t * BN;
-    mma_tile<T, AK, BKc>(g, As, Bs, a_off, m0, n0, m_eff, k_eff, Cs);
+    mma_tile<T, AK, BKc, PIPE>(g, smem, a_off, m0, n0, m_eff, k_eff, Cs);
     if (EPI == kStats) {
       const int cw = BN / 2;
       float mx = -INFINITY;
@@ -268,6 +320,7 @@ __global__ void target_dot_kernel(const T* hidden, int64_t ld_h, const int64_t* 
 }
 
 thread_local char g_error[512] = "";
+int g_pipeline = 1;  // flce_set_pipeline: 1 = cp.async double-buffered GEMM main loop, 0 = single-buffered
 
 int reject(const char* what) {
   snprintf(g_error, sizeof(g_error), "%s", what);
@@ -285,10 +338,14 @@ int launch(const GemmArgs& g, int dtype, dim3 grid, void* stream) {
   if (grid.x == 0 || grid.y == 0) return 0;
   if (grid.y > 65535) return reject("too many column tiles for grid.y (at most 65535)");
   cudaStream_t s = static_cast<cudaStream_t>(stream);
-  if (dtype == 0)
-    gemm_kernel<__nv_bfloat16, AK, BKc, EPI><<<grid, kThreads, 0, s>>>(g);
+  if (dtype == 0 && g_pipeline)
+    gemm_kernel<__nv_bfloat16, AK, BKc, EPI, true><<<grid, kThreads, 0, s>>>(g);
+  else if (dtype == 0)
+    gemm_kernel<__nv_bfloat16, AK, BKc, EPI, false><<<grid, kThreads, 0, s>>>(g);
+  else if (g_pipeline)
+    gemm_kernel<__half, AK, BKc, EPI, true><<<grid, kThreads, 0, s>>>(g);
   else
-    gemm_kernel<__half, AK, BKc, EPI><<<grid, kThreads, 0, s>>>(g);
+    gemm_kernel<__half, AK, BKc, EPI, false><<<grid, kThreads, 0, s>>>(g);
   return static_cast<int>(cudaGetLastError());
 }
 
@@ -301,7 +358,13 @@ using flce::GemmArgs;
 
 extern "C" {
 
-int flce_abi_version(void) { return 1; }
+int flce_abi_version(void) { return 2; }
+
+int flce_set_pipeline(int on) {
+  const int old = flce::g_pipeline;
+  flce::g_pipeline = on ? 1 : 0;
+  return old;
+}
 
 const char* flce_last_error(void) { return flce::g_error; }
 

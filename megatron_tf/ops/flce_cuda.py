@@ -14,7 +14,8 @@ Data flow (per TP rank, N = rows, h = hidden, V = this shard's vocabulary, Vc = 
   backward: per vocabulary chunk: flce_dlogits (D [N, Vc] in bf16/fp16) -> flce_grad_hidden (fp32 [N, h]
             accumulator) and flce_grad_weight (grad_W rows of the chunk, one rounding)
 Extra memory (N = 16384, h = 2048, Vc = 2048, bf16): accumulator 128 MiB + D 64 MiB + O(N) vectors.
-Set MEGATRON_TF_FLCE=0 to force the PyTorch reference.
+Set MEGATRON_TF_FLCE=0 to force the PyTorch reference; MEGATRON_TF_FLCE_PIPELINE=0 selects the single-buffered
+GEMM main loop (set_pipeline).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from megatron_tf.utils.logging import get_logger
 CSRC = Path(__file__).resolve().parents[2] / "csrc"
 SOURCES = ("fused_linear_xent.cu", "fused_linear_xent.h")
 DTYPES = {torch.bfloat16: 0, torch.float16: 1}
-ABI_VERSION = 1
+ABI_VERSION = 2
 _lib: ctypes.CDLL | None = None
 _lib_error: str | None = None
 _tried = False
@@ -107,13 +108,25 @@ def load_library() -> ctypes.CDLL | None:
             fn = getattr(lib, name)
             fn.argtypes, fn.restype = argtypes, ctypes.c_int
         lib.flce_last_error.restype = ctypes.c_char_p
+        lib.flce_set_pipeline.argtypes, lib.flce_set_pipeline.restype = [ctypes.c_int], ctypes.c_int
         if lib.flce_abi_version() != ABI_VERSION:
             raise RuntimeError(f"{path}: ABI version {lib.flce_abi_version()}, expected {ABI_VERSION}")
         _lib = lib
+        set_pipeline(os.environ.get("MEGATRON_TF_FLCE_PIPELINE", "1") != "0")
         get_logger("megatron_tf.ops.flce_cuda").info("fused-linear cross-entropy kernels loaded from %s", path)
     except Exception as e:  # the reference path stays available
         _lib_error = f"{type(e).__name__}: {e}"
     return _lib
+
+
+def set_pipeline(on: bool) -> bool:
+    """Select the GEMM main loop of later launches: cp.async double-buffered (True, default) or single-buffered
+    (False; MEGATRON_TF_FLCE_PIPELINE=0). Returns the previous setting. Both give bitwise identical results (same
+    accumulation order); the flag exists to measure one against the other."""
+    lib = load_library()
+    if lib is None:
+        raise RuntimeError(f"fused-linear kernel library unavailable ({library_error()})")
+    return bool(lib.flce_set_pipeline(1 if on else 0))
 
 
 def library_error() -> str | None:

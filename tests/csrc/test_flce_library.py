@@ -25,7 +25,7 @@ def test_builds_and_exports_the_declared_abi(lib_path):
     if shutil.which("nm"):
         syms = subprocess.run(["nm", "-D", "--defined-only", str(lib_path)], capture_output=True, text=True).stdout
         exported = {line.split()[-1] for line in syms.splitlines() if " T " in line}
-        assert set(flce_cuda._SIGNATURES) | {"flce_abi_version", "flce_last_error"} <= exported
+        assert set(flce_cuda._SIGNATURES) | {"flce_abi_version", "flce_last_error", "flce_set_pipeline"} <= exported
 
 
 def test_launchers_reject_bad_arguments_without_a_device(lib_path):
@@ -37,6 +37,7 @@ def test_launchers_reject_bad_arguments_without_a_device(lib_path):
     for name, argtypes in flce_cuda._SIGNATURES.items():
         getattr(lib, name).argtypes = argtypes
     assert lib.flce_abi_version() == flce_cuda.ABI_VERSION
+    assert lib.flce_set_pipeline(0) == 1 and lib.flce_set_pipeline(1) == 0  # default: pipelined
     rc = lib.flce_forward_stats(None, 8, None, None, None, 8, 4, 16, 8, 0, 0, None, None)
     assert rc == -1 and b"n_splits" in lib.flce_last_error()
     rc = lib.flce_forward_stats(None, 8, None, None, None, 8, 4, 16, 8, 7, 1, None, None)

@@ -93,14 +93,38 @@ CASES = [(dtype, n, h, v, masked) for dtype in (torch.bfloat16,) for (n, h, v) i
          for masked in (0.0, 0.3, 1.0)] + [(torch.float16, 300, 256, 5003, 0.3)]
 
 
+@pytest.fixture
+def pipeline(request):
+    old = flce_cuda.set_pipeline(request.param)
+    yield request.param
+    flce_cuda.set_pipeline(old)
+
+
+@pytest.mark.parametrize("pipeline", [True, False], ids=["pipe", "nopipe"], indirect=True)
 @pytest.mark.parametrize("dtype,n,h,v,masked", CASES,
                          ids=[f"cuda-{str(c[0])[6:]}-N{c[1]}-H{c[2]}-V{c[3]}-m{c[4]}" for c in CASES])
-def test_cuda_kernels_match_float64(dtype, n, h, v, masked):
-    what = f"{dtype} N={n} H={h} V={v} masked={masked}"
+def test_cuda_kernels_match_float64(dtype, n, h, v, masked, pipeline):
+    what = f"{dtype} N={n} H={h} V={v} masked={masked} pipeline={pipeline}"
     hidden, weight, target, mask = _make(n, h, v, dtype, masked, ("main", n, h, v, masked))
     up = torch.randn(n, generator=_gen("up", n), device=DEVICE)
     out = _run(_poison(hidden, mask), weight, target, mask, 0.0, up, "cuda")
     _check(out, _ref64(hidden, weight, target, mask, 0.0, up), mask, dtype, what)
+
+
+def test_cuda_pipelined_and_single_buffered_main_loops_agree_bitwise():
+    n, h, v, dtype = 777, 200, 3001, torch.bfloat16  # h = 200: 16-byte loads with a K tail of 8
+    hidden, weight, target, mask = _make(n, h, v, dtype, 0.3, ("pipe-eq",))
+    up = torch.randn(n, generator=_gen("up-pe"), device=DEVICE)
+    outs = []
+    old = flce_cuda.set_pipeline(True)
+    try:
+        for on in (True, False):
+            flce_cuda.set_pipeline(on)
+            outs.append(_run(hidden, weight, target, mask, 0.1, up, "cuda"))
+    finally:
+        flce_cuda.set_pipeline(old)
+    for a, b in zip(*outs):
+        assert torch.equal(a, b)
 
 
 @pytest.mark.parametrize("ld_pad,h", [(3, 100), (0, 100), (5, 72)])
