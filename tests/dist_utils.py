@@ -33,7 +33,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 GLOO_TIMEOUT_S = 180.0  # per collective; generous: 2 shared CPU cores, one rank may build a dataset index meanwhile
-DEADLINE_S = 420.0  # default for one run_distributed call; below pytest-timeout's per-test default (pyproject.toml)
+DEADLINE_S = 240.0  # default per run_distributed call: below pytest-timeout's 300 s per-test default (pyproject)
 
 
 def init_gloo(rank: int, world_size: int, rdzv: str, timeout_s: float = GLOO_TIMEOUT_S) -> None:
