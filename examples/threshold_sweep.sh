@@ -17,7 +17,7 @@
 # `tokens_filtered_fraction`).
 # Token shares need GRADED token scores (LABELER=classifier with CLASSIFIER=<dir from tools/train_classifier.py>, or a
 # DATA_PREFIX annotated by the classifier or the SAE labeler). The blocklist scores are 0/1, so it has exactly one
-# token operating point (the labelled share, ~1.5% of the demo corpus) and the trainer refuses other shares: with
+# token operating point (the labelled share: 2.18% of the demo corpus's train split, measured) and the trainer refuses other shares: with
 # LABELER=blocklist (the default) TOKEN_FRACTIONS defaults to empty and mask / remove run once at --forget-threshold
 # (run <size>-<filter>-labels); the document filter still sweeps FRACTIONS, since document scores are graded.
 # Every run of the size trains on the same number of tokens, counted as TRAIN_TOKENS_COUNT (learned: unmasked targets,

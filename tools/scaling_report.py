@@ -88,7 +88,7 @@ def main(argv=None) -> int:
     print(f"compute convention: {analysis['compute_labels'][args.compute]} (beside it: "
           f"{', '.join(analysis['compute_labels'][c] for c in convs[1:]) or 'none'})")
     for s in analysis["slowdowns"]:
-        if s["arm"] != args.baseline_arm:
+        if s["arm"] != args.baseline_arm and any(e["slowdown"] is not None for e in s["by_convention"].values()):
             flag = f" (extrapolated: {s['extrapolation']})" if s["extrapolated"] else ""
             priv = {True: " [privileged labels]", None: " [privileged-unknown labels]"}.get(s["privileged"], "")
             cells = ", ".join(f"{c} {fmt_ratio(v)}{'x' if v is not None else ''}"

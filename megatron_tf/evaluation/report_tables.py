@@ -140,9 +140,11 @@ def frontier_table(analysis: dict) -> list[str]:
          "| size | filter | filtered share | forget loss | Δ forget [95% CI] | retain loss | Δ retain [95% CI] | "
          "general loss | tokens seen | tokens learned | train FLOPs |", "|" + "---|" * 11]
     for r in analysis["frontier"]:
+        base = r["share_kind"] == "baseline"
+        df, dr = ("(baseline)", "(baseline)") if base else (_delta(r["forget_delta"], r["forget_delta_ci95"]),
+                                                            _delta(r["retain_delta"], r["retain_delta_ci95"]))
         L.append(f"| {r['size']} | {r['arm']} | {r['share_label']} | {fmt_loss(r['forget_loss'])} | "
-                 f"{_delta(r['forget_delta'], r['forget_delta_ci95'])} | {fmt_loss(r['retain_loss'])} | "
-                 f"{_delta(r['retain_delta'], r['retain_delta_ci95'])} | {fmt_loss(r['general_loss'])} | "
+                 f"{df} | {fmt_loss(r['retain_loss'])} | {dr} | {fmt_loss(r['general_loss'])} | "
                  f"{fmt_count(r['tokens_seen'])} | {fmt_count(r['tokens_learned'])} | {fmt_sci(r['train_flops'])} |")
     return L
 

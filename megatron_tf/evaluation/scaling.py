@@ -287,8 +287,7 @@ def _fit_convention(groups, loss_reps, base_arm, conv, metric, dom, warnings):
     fits = {v: fit_power_law([c for c, _, _ in p], [x for _, x, _ in p]) for v, p in pts.items()
             if len({c for c, _, _ in p}) >= 2}
     if base_arm not in fits:
-        warnings.append(f"{metric}/{dom} ({conv}): fewer than 2 baseline ({base_arm}) sizes with distinct compute: "
-                        "no fit, no slowdown")
+        warnings.append(f"{metric}/{dom} ({conv})")  # collected into one warning by analyze
         return fits, None
     base = pts[base_arm]
     reps = [loss_reps[_gkey(g)][1] for _, _, g in base]
@@ -335,8 +334,9 @@ def _domain_rows(runs, groups, metric, dom, opts, rng, fits_out, warnings) -> li
             else None
         priv = False if metric == "loss" else _group_privileged(
             [next(r for r in runs if r.name == n).privileged.get(dom) for n in g["runs"]])
-        ext = None if lo is None else ("loss above the baseline range" if point > hi + 1e-12 else
-                                       "loss below the baseline range" if point < lo - 1e-12 else None)
+        no_fit = per_conv[opts.compute][0] is None  # no slowdown to flag (e.g. a single size)
+        ext = None if lo is None or no_fit else ("loss above the baseline range" if point > hi + 1e-12 else
+                                                 "loss below the baseline range" if point < lo - 1e-12 else None)
         by_conv = {c: _slowdown_entry(*per_conv[c], g["compute"][c], point, rep) for c in opts.conventions}
         row = {"metric": metric, "domain": dom, "arm": g["arm"], "variant": g["variant"], "size": g["size"],
                "group": _gkey(g), "runs": g["runs"], "name": "+".join(g["runs"]), "N": g["N"], "loss": point,
@@ -379,9 +379,13 @@ def analyze(runs: Sequence[RunRecord], opts: ScalingOptions | None = None) -> di
     rng = np.random.default_rng(opts.seed)
     fits: dict = {}
     slowdowns: list[dict] = []
+    no_fit: list[str] = []
     for metric in opts.metrics:
         for dom in ordered_domains({d for t in table for d in t["losses"].get(metric, {})}):
-            slowdowns += _domain_rows(runs, groups, metric, dom, opts, rng, fits, warnings)
+            slowdowns += _domain_rows(runs, groups, metric, dom, opts, rng, fits, no_fit)
+    if no_fit:
+        warnings.append(f"fewer than 2 baseline ({opts.baseline_arm}) sizes with distinct compute: no fit and no "
+                        f"slowdown for {', '.join(no_fit)}")
     for g in groups:
         g.pop("_rows")
     out = {"format": FORMAT, "compute_convention": convention(opts.compute),
