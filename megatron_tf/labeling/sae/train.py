@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ...config.cli import opt
+from ...utils.io import honour_umask
 from ...utils.logging import get_logger
 from .config import ModelOptions
 
@@ -131,6 +132,7 @@ def train_sae(cfg: TrainSAEConfig, ref_lm=None):
     md.prepend_bos = ref_lm.bos_id is not None
     tmp = cfg.output.rstrip("/") + ".tmp-train"
     trained.save_inference_model(tmp)
+    honour_umask(tmp)  # safetensors writes 0600: give the files the umask's modes (issue 14, item 12)
     if os.path.isdir(cfg.output):
         import shutil
 

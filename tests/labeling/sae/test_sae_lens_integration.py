@@ -160,3 +160,16 @@ def test_select_then_annotate_cli_matches_independent_computation(trained, llama
     summary = json.load(open(rep / "summary.json"))
     assert summary[0]["token_fraction"] == pytest.approx(total / ds.num_tokens)
     assert summary[0]["labeler"]["labeler"] == "sae"
+
+
+def test_saved_sae_files_honour_the_umask(trained):
+    """sae-lens writes sae_weights.safetensors through safetensors (0600); the output gets the umask's modes (issue 14,
+    item 12), e.g. 0644 under umask 022."""
+    import os
+
+    from megatron_tf.utils.io import dir_mode, file_mode
+
+    out = trained[0]
+    assert os.stat(out).st_mode & 0o777 == dir_mode()
+    for name in os.listdir(out):
+        assert os.stat(os.path.join(out, name)).st_mode & 0o777 == file_mode(), name
