@@ -179,3 +179,7 @@ def test_resume_with_changed_data_or_filter_is_refused_unless_overridden(data, t
     assert any("filter.token_filter differs: checkpoint 'none', now 'mask'" in m for m in logged), logged
     assert any("filter.forget_threshold differs: checkpoint None, now 0.5" in m for m in logged), logged
     assert any("training.train_iters differs: checkpoint 1, now 2" in m for m in logged), logged
+    # --finetune starts a new run on the weights: other data is its purpose, so it is logged, not refused
+    r = pretrain(tiny_args(data, iters=1, extra=["--load", masked, "--finetune", "--eval-iters", "0",
+                                                 "--data-path", other]))
+    assert r.iterations == [1]
