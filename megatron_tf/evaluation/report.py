@@ -124,7 +124,9 @@ def _intro(analysis: dict) -> list[str]:
          f"range of the `{base}` runs' measured losses on that domain, so the fit is read beyond its data.",
          f"Intervals: 95% percentile bootstrap ({analysis['intervals']['n_boot']} replicates, seed "
          f"{analysis['intervals']['seed']}): {analysis['intervals']['method']}; `n/a` where neither is available. "
-         f"Loss differences (Δ) are against the `{base}` run of the same size.", ""]
+         f"Loss differences (Δ) are against the `{base}` run of the same size."
+         + (" Every group has one run (one seed): the intervals carry the evaluation documents' sampling noise, not "
+            "run-to-run training variance." if all(len(g["runs"]) == 1 for g in analysis["groups"]) else ""), ""]
     for w in analysis.get("warnings", []):
         L.append(f"> warning: {w}")
     if analysis.get("warnings"):
