@@ -236,8 +236,9 @@ def _trainer_tp2_worker(rank, world, rdzv, prefix, out):
     init_gloo(rank, world, rdzv)
     extra = ["--token-filter", "mask", "--forget-threshold", "0.5", "--eval-iters", "0", "--label-smoothing", "0.1"]
     res = {}
+    tied = ["--no-untie-embeddings-and-output-weights"]
     for name, par in (("tp2_sp", ["--tensor-model-parallel-size", "2", "--sequence-parallel"]),
-                      ("dp2_tied", ["--no-untie-embeddings-and-output-weights"])):
+                      ("dp2_tied", tied), ("pp2_tied", ["--pipeline-model-parallel-size", "2", *tied])):
         r = pretrain(tiny_args(prefix, iters=3, extra=extra + par + ["--cross-entropy-impl", "fused-linear"]))
         res[name] = {"losses": r.losses, "grad_norms": r.grad_norms}
     if rank == 0:
@@ -246,9 +247,10 @@ def _trainer_tp2_worker(rank, world, rdzv, prefix, out):
 
 
 @pytest.mark.slow
-def test_trainer_fused_linear_tp2_sequence_parallel_and_dp2_tied_equal_one_process(tmp_path):
+def test_trainer_fused_linear_tp2_sp_dp2_pp2_equal_one_process(tmp_path):
     """TP = 2 (+ sequence parallel: the hidden gradient of each vocabulary shard is summed by the model's TP
-    mapping) and DP = 2 with tied embeddings, on 2 gloo processes, equal the single-process logits path."""
+    mapping), DP = 2 and PP = 2 (1F1B; the last stage's tied embedding copy is the output weight) with tied
+    embeddings, on 2 gloo processes, equal the single-process logits path."""
     import json
 
     from megatron_tf.training import pretrain
@@ -262,6 +264,6 @@ def test_trainer_fused_linear_tp2_sequence_parallel_and_dp2_tied_equal_one_proce
     out = str(tmp_path / "res.json")
     run_distributed(_trainer_tp2_worker, 2, prefix, out)
     res = json.loads(open(out).read())
-    for name, r in (("tp2_sp", ref), ("dp2_tied", ref_tied)):
+    for name, r in (("tp2_sp", ref), ("dp2_tied", ref_tied), ("pp2_tied", ref_tied)):
         torch.testing.assert_close(res[name]["losses"], r.losses, rtol=2e-5, atol=0, msg=name)
         torch.testing.assert_close(res[name]["grad_norms"], r.grad_norms, rtol=2e-5, atol=0, msg=name)
