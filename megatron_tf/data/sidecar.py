@@ -481,10 +481,14 @@ def write_token_mask(dataset: IndexedDataset, flags: np.ndarray, threshold: floa
     scores_path = sidecar_path(dataset.path_prefix, KIND_TOKEN_SCORES, name)
     binding = None
     if os.path.isfile(scores_path):
-        scores = TokenScores(scores_path, dataset, fingerprint)
-        if np.array_equal(scores.flags(0, dataset.num_tokens, threshold), flags):
+        try:
+            scores = TokenScores(scores_path, dataset, fingerprint)
+        except (SidecarError, ChecksumError) as e:  # another dataset's or a corrupt file: nothing to bind to
+            log.warning("%s: not binding the mask to %s: %s", path, scores_path, e)
+            scores = None
+        if scores is not None and np.array_equal(scores.flags(0, dataset.num_tokens, threshold), flags):
             binding = scores.header.checksum
-        else:
+        elif scores is not None:
             log.warning("%s: the flags are not those of %s at threshold %s: the mask is written unbound (ignored "
                         "beside those token scores)", path, scores_path, threshold)
     write_sidecar(path, token_mask_header(dataset, threshold, metadata, fingerprint, binding),
