@@ -4,14 +4,15 @@ ranks hold DIFFERENT learned-token counts in every step.
 The loss is sum(w CE) / (global learned count), the count all-reduced over DP (training/loss.py). A count taken as
 "local count x DP size" is right only when every rank learns the same number of tokens, which no filter guarantees:
 these tests fail under that mutation (checked by hand: global_count() returning local * dp without the all-reduce
-fails both the DDP and the DeepSpeed test on the learned counts and on the losses).
+fails the DDP, PP x DP and DeepSpeed tests on the losses and on the learned counts).
 
 References, single process (no DP group at all):
 - each step's learned count = sum of the dataset's loss masks over that step's global batch (read from the dataset,
   not from the trainer), and the first step's loss computed in float64 by a naive GPT written from the formulas
   (tests/model/reference.py) on the initial weights: sum(w CE) / sum(w);
-- the whole fp32 run (losses, gradient norms, final weights) that TP=2 + SP, PP=2 (tied embeddings) and DP=2 (DDP;
-  DeepSpeed ZeRO-1) must reproduce to rtol 2e-6 (losses) / 1e-5 (norms).
+- the whole fp32 run (losses, gradient norms, final weights) that TP=2 + SP, PP=2 (tied embeddings), DP=2 (DDP;
+  DeepSpeed ZeRO-1) and PP=2 x DP=2 (explicit DP all-reduce, 4 processes) must reproduce to rtol 2e-6 (losses) /
+  1e-5 (norms).
 """
 
 import json
@@ -34,6 +35,7 @@ RUNS = {
     "pp2": ["--pipeline-model-parallel-size", "2"],
     "dp2": [],
 }
+RUNS_4 = {"pp2_dp2": ["--pipeline-model-parallel-size", "2"]}  # explicit DP all-reduce after the 1F1B schedule
 ITERS, GBS = 3, 8
 
 
@@ -42,7 +44,9 @@ def _args(prefix, filt, extra=()):
                                                           "--eval-iters", "0", *extra])
 
 
-def _record_local_counts(trainer, out: list):
+def _record_local_counts(trainer, out: list, coords: list):
+    g = trainer.groups
+    coords.extend([g.tp_rank, g.dp_rank, g.pp_rank])
     orig = trainer.next_batches
 
     def next_batches():
@@ -53,14 +57,17 @@ def _record_local_counts(trainer, out: list):
     trainer.next_batches = next_batches
 
 
-def _result(r, local):
-    return {"losses": r.losses, "grad_norms": r.grad_norms, "learned": r.learned_per_step, "local": local}
+def _result(r, local, coords):
+    return {"losses": r.losses, "grad_norms": r.grad_norms, "learned": r.learned_per_step, "local": local,
+            "coords": coords}
 
 
-def _worker(rank, world, rdzv, prefix, tmp, deepspeed):
+def _worker(rank, world, rdzv, prefix, tmp, deepspeed, filters=FILTERS):
     init_gloo(rank, world, rdzv)
     out = {}
-    if deepspeed:
+    if world == 4:
+        runs = RUNS_4
+    elif deepspeed:
         import deepspeed as _ds  # noqa: F401
         import torch.distributed as dist
 
@@ -72,13 +79,13 @@ def _worker(rank, world, rdzv, prefix, tmp, deepspeed):
         runs = {"ds_dp2": ["--deepspeed", "--deepspeed_config", f"{tmp}/ds.json"]}
     else:
         runs = RUNS
-    for filt in FILTERS:
+    for filt in filters:
         for name, extra in runs.items():
-            local = []
+            local, coords = [], []
             r = pretrain(_args(prefix, filt, [*extra, "--save", f"{tmp}/{filt}_{name}"]),
-                         setup_hook=lambda t, local=local: _record_local_counts(t, local))
-            out[f"{filt}_{name}"] = _result(r, local)
-    with open(f"{tmp}/result_{int(deepspeed)}_{rank}.json", "w") as f:
+                         setup_hook=lambda t, local=local, coords=coords: _record_local_counts(t, local, coords))
+            out[f"{filt}_{name}"] = _result(r, local, coords)
+    with open(f"{tmp}/result_{world}_{int(deepspeed)}_{rank}.json", "w") as f:
         json.dump(out, f)
 
 
@@ -117,15 +124,18 @@ def references(tmp_path_factory):
     return tmp, prefix, refs
 
 
-def _compare(tmp, refs, results: list[dict], name: str, dp: int):
-    for filt in FILTERS:
+def _compare(tmp, refs, results: list[dict], name: str, dp: int, filters=FILTERS):
+    for filt in filters:
         ref, ref_sd = refs[filt]
         key = f"{filt}_{name}"
         got = results[0][key]
-        locals_ = [res[key]["local"] for res in results]
-        if dp == 2:  # the data discriminates: the two DP ranks learn different numbers of tokens in every step
-            assert all(a != b for a, b in zip(*locals_)), (key, locals_)
-            assert [a + b for a, b in zip(*locals_)] == ref.learned_per_step, key
+        # the data discriminates: the DP replicas (counted on their TP rank 0 of stage 0) learn different numbers of
+        # tokens in every step, and their sum is the single process's count
+        per_dp = [res[key]["local"] for res in results if res[key]["coords"][0] == 0 and res[key]["coords"][2] == 0]
+        assert len(per_dp) == dp, key
+        if dp == 2:
+            assert all(a != b for a, b in zip(*per_dp)), (key, per_dp)
+            assert [a + b for a, b in zip(*per_dp)] == ref.learned_per_step, key
         for res in results:
             torch.testing.assert_close(res[key]["losses"], ref.losses, rtol=2e-6, atol=0, msg=f"{key}: losses")
             assert res[key]["learned"] == ref.learned_per_step, key
@@ -140,7 +150,7 @@ def _compare(tmp, refs, results: list[dict], name: str, dp: int):
 def _load(tmp, deepspeed, world):
     out = []
     for rank in range(world):
-        with open(tmp / f"result_{int(deepspeed)}_{rank}.json") as f:
+        with open(tmp / f"result_{world}_{int(deepspeed)}_{rank}.json") as f:
             out.append(json.load(f))
     return out
 
@@ -152,6 +162,13 @@ def test_tp2_pp2_dp2_with_mask_and_remove_equal_single_process(references):
     results = _load(tmp, False, 2)
     for name in RUNS:
         _compare(tmp, refs, results, name, dp=2 if name.startswith("dp") else 1)
+
+
+@pytest.mark.timeout(600)
+def test_pp2xdp2_with_mask_on_4_processes(references):
+    tmp, prefix, refs = references
+    run_distributed(_worker, 4, prefix, str(tmp), False, ("mask",), deadline_s=500)
+    _compare(tmp, refs, _load(tmp, False, 4), "pp2_dp2", dp=2, filters=("mask",))
 
 
 @pytest.mark.timeout(600)
