@@ -422,3 +422,14 @@ def test_disk_full_while_writing_names_the_file(example, monkeypatch):
     assert e.value.errno == errno.ENOSPC and f"writing sidecar {path}" in str(e.value)
     assert "No space left on device" in str(e.value)
     assert not [f for f in os.listdir(os.path.dirname(path)) if ".forget." in f]  # the temporary file is gone
+
+
+def test_a_version_1_mask_is_unbound_beside_token_scores(example):
+    from megatron_tf.data.sidecar import mask_binding_problem
+
+    mask = _write_v1(example, bytes([0b00011100]), kind=2, meta={"bitorder": "little", "threshold": 0.5})
+    h = read_header(mask)
+    assert h.version == 1 and mask_binding_problem(mask, h, example.path_prefix + ".forget.tokscores") is None
+    scores = write_token_scores(example, quantize_scores(EXAMPLE_SCORES), {})  # even the very flags it holds
+    reason = mask_binding_problem(mask, h, scores)
+    assert "records no checksum of the token scores" in reason and "format version 1" in reason
