@@ -25,9 +25,9 @@ def _lonely_collective(rank, world, rdzv):
 
 def test_deadline_kills_stuck_worker():
     t0 = time.monotonic()
-    with pytest.raises(TimeoutError, match=r"ranks \[1\] still running"):
-        run_distributed(_sleeper, 2, deadline_s=20)
-    assert time.monotonic() - t0 < 60
+    with pytest.raises(TimeoutError, match=r"ranks \[(0, )?1\] still running"):
+        run_distributed(_sleeper, 2, deadline_s=10)
+    assert time.monotonic() - t0 < 40
 
 
 def test_gloo_timeout_raises_instead_of_blocking():
