@@ -25,7 +25,8 @@ def test_run_all_dry_run_exercises_every_step(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["dry_run"] is True
     steps = {s["step"]: s for s in summary["steps"]}
-    assert list(steps) == ["env", "build", "tests", "flce", "train", "annotate", "xent", "replication"]
+    assert list(steps) == ["env", "build", "tests", "flce", "train", "annotate", "xent", "sanitizer",
+                           "replication"]
     assert all(s["status"] == "ok" and s["rc"] == 0 for s in steps.values()), steps
     assert summary["machine"]["git_commit"] == "0123abc" and summary["machine"]["git_dirty"] is False
     for name in ("fused_linear_xent.json", "xent_bench.json", "train_bench.json", "annotate.json"):
