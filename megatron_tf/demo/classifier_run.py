@@ -94,7 +94,7 @@ def run(out: str, seed: int = 1234) -> dict:
 
     os.makedirs(out, exist_ok=True)
     t0 = time.time()
-    data = prepare_demo_data(os.path.join(out, "data"), workers=2, progress=False)
+    data = prepare_demo_data(os.path.join(out, "data"), workers=2, progress=False, terms_split=None, probe=False)
     tok = build_tokenizer(**data.tokenizer_args)
     terms_a, a, b = split_terms(data.terms, os.path.join(out, "terms_a.txt"))
     lab_a = BlocklistLabeler.from_file(terms_a, tok)

@@ -1,16 +1,19 @@
 """The end-to-end demo (README main job): tokenizer -> preprocess -> annotate -> train 4 arms -> evaluate -> report.
 
-    python tools/demo.py                      # CPU preset "tiny": about 5-8 minutes on 2 cores
+    python tools/demo.py                      # CPU preset "tiny": about 6-8 minutes on 2 cores
     python tools/demo.py --size small         # a GPU-sized preset (same pipeline, bigger model and budget)
 
-Every arm trains on the same number of LEARNED tokens (unmasked targets, --train-tokens), as in the paper, so a
-filtered arm sees more raw tokens than the baseline. Rerunning resumes: finished steps are skipped, an interrupted
-training run continues from its last checkpoint.
+Every arm trains on the same number of LEARNED tokens (unmasked targets, --train-tokens-count learned), as in the
+paper, so a filtered arm sees more raw tokens (and compute) than the baseline; the tables print both. The `document`
+arm is matched: it drops the share of training tokens that the token filters take out of the loss
+(--document-filter-fraction). Rerunning resumes: finished steps are skipped, an interrupted training run continues
+from its last checkpoint.
 
-What it shows: per-domain held-out losses of the `none`, `mask`, `remove` and `document` arms side by side (forget =
-medical, retain = biology, general = WikiText), the token-level variant (loss on blocklist-labeled tokens of the
-forget set; on unlabeled tokens elsewhere), and cloze multiple-choice accuracy on small MCQ slices (tiny CPU models
-score at chance there: the column is reported so a GPU-sized run shows it moving).
+What it shows (demo/report.py): per-domain held-out losses over all tokens (the paper's primary metric; forget =
+medical, retain = biology, general = WikiText), the forget set's token-level loss on tokens labeled by the half of
+the blocklist the filter never used, and cloze accuracy on the knowledge probe's invented facts, which the demo's
+models can learn. The token-level loss with the filter's own labels is printed apart as privileged. Real MCQ slices
+are reported too (tiny CPU models score at chance there).
 """
 
 from __future__ import annotations
@@ -29,13 +32,16 @@ from ..utils.logging import get_logger
 from .data_stage import (
     DEMO_DIR,
     DOMAINS,
+    EVAL_TERMS,
     FILTER_MODES,
     DemoData,
     doc_score_column,
     filter_summary,
     format_filter_table,
+    matched_document_filter,
     prepare_demo_data,
 )
+from .report import ROLES, comparison_rows, format_comparison, format_privileged, plot_demo, write_report
 
 log = get_logger(__name__)
 
@@ -61,26 +67,53 @@ SIZES = {
 }
 
 
-def _train_args(size: DemoSize, data: DemoData, arm: str, save: str, seed: int, document_threshold: float,
+SPLIT = "98,2,0"
+# The probe's two components are drawn about PROBE_EPOCHS times each per arm (the three domains equally weighted,
+# each well under one epoch): enough repetitions for the tiny model to learn invented facts (measured in the report).
+PROBE_EPOCHS = 8
+MAX_PROBE_SHARE = 0.2  # at small --train-tokens (tests) the probe keeps at most this share, at fewer epochs
+
+
+def blend(size: DemoSize, data: DemoData) -> list[str]:
+    """--data-path: the three domains with weight 1 each, the probe's components weighted so that each is drawn
+    about PROBE_EPOCHS times: share s_p = PROBE_EPOCHS x tokens_p / train_tokens, weight s_p x 3 / (1 - sum s_p)."""
+    from ..data.indexed_dataset import IndexedDataset
+
+    items = [x for dom in DOMAINS for x in ("1", data.train[dom])]  # balanced domains (data/demo/README.md)
+    shares = {p: PROBE_EPOCHS * int(IndexedDataset(p).token_offsets[-1]) / size.train_tokens
+              for p in data.probe_train.values()}
+    total = sum(shares.values())
+    if total > MAX_PROBE_SHARE:
+        log.warning("the knowledge probe would take %.0f%% of %s training tokens at %d epochs: capped at %.0f%% "
+                    "(%.2g epochs)", 100 * total, f"{size.train_tokens:,}", PROBE_EPOCHS, 100 * MAX_PROBE_SHARE,
+                    PROBE_EPOCHS * MAX_PROBE_SHARE / total)
+        shares = {p: sp * MAX_PROBE_SHARE / total for p, sp in shares.items()}
+        total = MAX_PROBE_SHARE
+    for p, sp in shares.items():
+        items += [f"{sp * len(DOMAINS) / (1 - total):.6g}", p]
+    return items
+
+
+def _train_args(size: DemoSize, data: DemoData, arm: str, save: str, seed: int, document_fraction: float,
                 forget_threshold: float) -> list[str]:
-    train = [x for dom in DOMAINS for x in ("1", data.train[dom])]  # balanced domains (data/demo/README.md)
     args = [
         "--num-layers", str(size.num_layers), "--hidden-size", str(size.hidden_size),
         "--num-attention-heads", str(size.num_attention_heads), "--seq-length", str(size.seq_length),
         "--micro-batch-size", str(size.micro_batch_size), "--global-batch-size", str(size.global_batch_size),
-        "--train-tokens", str(size.train_tokens), "--lr", str(size.lr), "--min-lr", str(size.lr / 10),
+        "--train-tokens", str(size.train_tokens), "--train-tokens-count", "learned",
+        "--lr", str(size.lr), "--min-lr", str(size.lr / 10),
         "--lr-warmup-fraction", "0.05", "--lr-decay-style", "cosine", "--weight-decay", "0.1", "--clip-grad", "1.0",
         "--adam-beta2", "0.95", "--bf16",
         "--tokenizer-type", "SentencePieceTokenizer", "--tokenizer-model", data.tokenizer_model,
-        "--data-path", *train, "--split", "98,2,0", "--num-workers", "1",
+        "--data-path", *blend(size, data), "--split", SPLIT, "--num-workers", "1",
         "--token-filter", arm, "--forget-threshold", str(forget_threshold), "--forget-sidecar-name", data.filter_name,
         "--eval-data-path", *(f"{role}={data.heldout[dom]}" for role, dom in
                               (("forget", "medical"), ("retain", "biology"), ("general", "general"))),
         "--save", save, "--load", save, "--save-interval", "100", "--eval-interval", "100", "--eval-iters", "4",
         "--log-interval", "20", "--seed", str(seed),
     ]
-    if arm == "document":
-        args += ["--document-threshold", str(document_threshold),
+    if arm == "document":  # matched: drops the share of training tokens the token filters take out of the loss
+        args += ["--document-filter-fraction", f"{document_fraction:.6g}",
                  "--document-score-column", doc_score_column(forget_threshold)]
     return args
 
@@ -98,7 +131,7 @@ def _read_metrics(save: str) -> list[dict]:
     return rows
 
 
-def train_arm(size: DemoSize, data: DemoData, arm: str, out_dir: str, seed: int, document_threshold: float,
+def train_arm(size: DemoSize, data: DemoData, arm: str, out_dir: str, seed: int, document_fraction: float,
               forget_threshold: float) -> str:
     from ..training import pretrain
 
@@ -108,7 +141,7 @@ def train_arm(size: DemoSize, data: DemoData, arm: str, out_dir: str, seed: int,
         log.info("arm %s: already trained (%s)", arm, save)
         return save
     t0 = time.time()
-    result = pretrain(_train_args(size, data, arm, save, seed, document_threshold, forget_threshold))
+    result = pretrain(_train_args(size, data, arm, save, seed, document_fraction, forget_threshold))
     log.info("arm %s: %d iterations, %s tokens seen, %s learned, %.0f s", arm, result.iteration,
              f"{result.tokens_seen:,}", f"{result.tokens_learned:,}", time.time() - t0)
     with atomic_write(done, "w") as f:
@@ -125,140 +158,29 @@ def evaluate_arm(save: str, arm: str, size_name: str, size: DemoSize, data: Demo
     if os.path.exists(path):
         with open(path) as f:
             return json.load(f)
-    model, _cfgs, tok = load_model_from_checkpoint(save)
+    model, cfgs, tok = load_model_from_checkpoint(save)
     with open(os.path.join(save, "DONE")) as f:
         trained = json.load(f)
+    texts = {"forget_text": [data.heldout["medical"]], "retain_text": [data.heldout["biology"]],
+             "general_text": [data.heldout["general"]], "limit": size.eval_limit}
+    # token-level metrics with the held-out half's labels (never seen by the filter) and the knowledge probe
     cfg = EvaluationConfig(
-        forget_text=[data.heldout["medical"]], retain_text=[data.heldout["biology"]],
-        general_text=[data.heldout["general"]],
+        **texts, eval_labels=data.eval_labels or data.filter_name, knowledge=data.probe_test,
         mmlu=os.path.join(DEMO_DIR, "eval", "mmlu.jsonl.xz"), medqa=os.path.join(DEMO_DIR, "eval", "medqa.jsonl.xz"),
-        medmcqa=os.path.join(DEMO_DIR, "eval", "medmcqa.jsonl.xz"), limit=size.eval_limit)
-    result = evaluate_model(model, tok, cfg, seq_length=size.seq_length,
-                            run={"name": f"{size_name}-{arm}", "arm": arm, "size": size_name, **trained})
+        medmcqa=os.path.join(DEMO_DIR, "eval", "medmcqa.jsonl.xz"))
+    run = {"name": f"{size_name}-{arm}", "arm": arm, "size": size_name, **trained}
+    result = evaluate_model(model, tok, cfg, seq_length=size.seq_length, run=run, train_configs=cfgs)
+    if data.eval_labels:  # the same losses with the filter's own labels: privileged, reported apart
+        own = evaluate_model(model, tok, EvaluationConfig(**texts, eval_labels=data.filter_name),
+                             seq_length=size.seq_length, run=run, train_configs=cfgs)
+        result["filter_label_losses"] = {role: own["loss"][role].get("token_level") for role in ROLES}
     write_results(result, evals)
     return result
 
 
-ROLES = ("forget", "retain", "general")
-
-
-def comparison_rows(results: dict[str, dict]) -> list[dict]:
-    """One row per arm: per-domain loss, token-level loss and their change vs `none`, MCQ acc_norm."""
-    rows = []
-    base = results.get("none")
-    for arm, r in results.items():
-        row = {"arm": arm, "tokens_seen": r["run"].get("tokens_seen"), "tokens_learned": r["run"].get("tokens_learned")}
-        for role in ROLES:
-            v = r["loss"][role]
-            row[f"{role}_loss"] = v["nats_per_token"]
-            row[f"{role}_token_level_loss"] = v.get("token_level", {}).get("nats_per_token")
-            if base is not None:
-                row[f"{role}_loss_delta"] = v["nats_per_token"] - base["loss"][role]["nats_per_token"]
-                tl, btl = row[f"{role}_token_level_loss"], base["loss"][role].get("token_level", {})
-                row[f"{role}_token_level_delta"] = None if tl is None or not btl else tl - btl["nats_per_token"]
-        for name, m in r.get("mcq", {}).items():
-            row[f"mcq_{name}_acc_norm"] = m["acc_norm"]
-        rows.append(row)
-    return rows
-
-
-def format_comparison(rows: list[dict]) -> str:
-    cols = [("forget_loss", "forget"), ("retain_loss", "retain"), ("general_loss", "general"),
-            ("forget_token_level_loss", "forget tok"), ("retain_token_level_loss", "retain tok"),
-            ("general_token_level_loss", "general tok")]
-    w = 13
-    head = f"{'arm':<9} {'seen':>9} {'learned':>9} | " + " ".join(f"{name:>{w}}" for _, name in cols)
-    lines = ["held-out loss, nats/token (change vs none); 'tok' = token-level: forget-labeled tokens of the forget "
-             "set, unlabeled tokens elsewhere", head, "-" * len(head)]
-
-    def cell(row, key):
-        v = row.get(key)
-        d = row.get(key[: -len("_loss")] + ("_delta" if "token_level" in key else "_loss_delta"))
-        if v is None:
-            return f"{'n/a':>{w}}"
-        s = f"{v:.3f}" if row["arm"] == "none" or d is None else f"{v:.3f} ({d:+.2f})"
-        return f"{s:>{w}}"
-
-    for r in rows:
-        lines.append(f"{r['arm']:<9} {r['tokens_seen']:>9,} {r['tokens_learned']:>9,} | "
-                     + " ".join(cell(r, k) for k, _ in cols))
-    return "\n".join(lines)
-
-
-def plot_demo(results: dict[str, dict], curves: dict[str, list[dict]], out_dir: str) -> dict[str, str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    arms = list(results)
-    paths = {}
-    for key, title in (("all", "held-out loss (all tokens)"), ("token_level", "token-level loss")):
-        fig, ax = plt.subplots(figsize=(7, 4))
-        width = 0.8 / max(len(arms), 1)
-        for i, arm in enumerate(arms):
-            vals = []
-            for role in ROLES:
-                v = results[arm]["loss"][role]
-                vals.append(v["nats_per_token"] if key == "all" else v.get("token_level", {}).get("nats_per_token",
-                                                                                                 np.nan))
-            ax.bar(np.arange(len(ROLES)) + i * width, vals, width, label=arm)
-        ax.set_xticks(np.arange(len(ROLES)) + width * (len(arms) - 1) / 2)
-        ax.set_xticklabels(["forget (medical)", "retain (biology)", "general"])
-        ax.set_ylabel("nats / token")
-        ax.set_title(title)
-        lo = min(p.get_height() for p in ax.patches if np.isfinite(p.get_height()))
-        ax.set_ylim(bottom=max(0.0, lo - 0.5))
-        ax.legend()
-        fig.tight_layout()
-        paths[key] = os.path.join(out_dir, f"losses_{key}.png")
-        fig.savefig(paths[key], dpi=120)
-        plt.close(fig)
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for arm, rows in curves.items():
-        if rows:
-            ax.plot([r["tokens_learned"] for r in rows], [r["loss"] for r in rows], label=arm)
-    ax.set_xlabel("learned tokens")
-    ax.set_ylabel("training loss (nats/token)")
-    ax.set_title("training curves")
-    ax.legend()
-    fig.tight_layout()
-    paths["curves"] = os.path.join(out_dir, "training_curves.png")
-    fig.savefig(paths["curves"], dpi=120)
-    plt.close(fig)
-    return paths
-
-
-def write_report(out_dir: str, size_name: str, size: DemoSize, filter_table: str, comparison: str,
-                 rows: list[dict], results: dict[str, dict], plots: dict[str, str]) -> str:
-    report_dir = os.path.join(out_dir, "report")
-    mcq = []
-    for arm, r in results.items():
-        for name, m in r.get("mcq", {}).items():
-            mcq.append(f"| {arm} | {name} | {m['acc']:.3f} ± {m['acc_stderr']:.3f} | {m['acc_norm']:.3f} | "
-                       f"{m['chance']:.3f} | {m['n']} |")
-    md = [f"# megatron_tf demo ({size_name})", "",
-          f"Model: {size.num_layers} layers x {size.hidden_size}, seq {size.seq_length}; every arm trained on "
-          f"{size.train_tokens:,} learned tokens of the bundled corpus (medical + biology + general, balanced).", "",
-          "## What the filters did to the training data", "", "```", filter_table, "```", "",
-          "## Held-out losses", "", "```", comparison, "```", "",
-          f"![losses]({os.path.relpath(plots['all'], report_dir)})",
-          f"![token-level]({os.path.relpath(plots['token_level'], report_dir)})",
-          f"![curves]({os.path.relpath(plots['curves'], report_dir)})", "",
-          "## Multiple choice (cloze, acc ± stderr, acc_norm, chance)", "",
-          "| arm | set | acc | acc_norm | chance | n |", "|---|---|---|---|---|---|", *mcq, ""]
-    path = os.path.join(report_dir, "report.md")
-    with atomic_write(path, "w") as f:
-        f.write("\n".join(md))
-    with atomic_write(os.path.join(report_dir, "comparison.json"), "w") as f:
-        json.dump({"size": size_name, "config": asdict(size), "rows": rows}, f, indent=1)
-    return path
-
-
 def run_demo(out_dir: str, size_name: str = "tiny", arms: tuple[str, ...] = FILTER_MODES, seed: int = 1234,
-             workers: int = 1, train_tokens: int | None = None, document_threshold: float = 0.05,
-             forget_threshold: float = 0.5, eval_limit: int | None = None, classifier: str | None = None) -> dict:
+             workers: int = 1, train_tokens: int | None = None, forget_threshold: float = 0.5,
+             eval_limit: int | None = None, classifier: str | None = None) -> dict:
     size = SIZES[size_name]
     if train_tokens is not None:
         size = DemoSize(**{**asdict(size), "train_tokens": train_tokens})
@@ -276,29 +198,47 @@ def run_demo(out_dir: str, size_name: str = "tiny", arms: tuple[str, ...] = FILT
         log.warning("retrained tokenizer differs from the shipped one (sentencepiece version?); using the shipped "
                     "model so results compare across machines")
         shutil.copyfile(shipped, tok_path)
-    # 2-3. preprocess + annotate: blocklist labels, and the biLM classifier's when one is given (--classifier)
+    # 2-3. preprocess + annotate (blocklist halves: filter / evaluation), the knowledge probe, the classifier's labels
     data = prepare_demo_data(out_dir, workers=workers, tokenizer_model=tok_path, classifier=classifier)
-    log.info("training filters read annotation %r (%s)", data.filter_name,
-             "biLM classifier " + classifier if classifier else "medical blocklist")
-    filter_table = format_filter_table(filter_summary(data, document_threshold=document_threshold,
+    filter_labels = (f"the biLM classifier {classifier}" if classifier else
+                     f"blocklist terms {data.terms_split} (annotation '{data.filter_name}')")
+    eval_labels = f"blocklist terms {EVAL_TERMS} (annotation '{data.eval_labels}')"
+    log.info("training filters read %s; token-level evaluation reads %s", filter_labels, eval_labels)
+    matched = matched_document_filter(data, blend(size, data), SPLIT, size.seq_length, forget_threshold)
+    log.info("matched document filter: the token filters take %.4f of the train split's tokens out of the loss; the "
+             "document arm drops that share (threshold %.6g drops %.4f)", matched["token_share"],
+             matched["document_threshold"], matched["achieved_fraction"])
+    filter_table = format_filter_table(filter_summary(data, document_threshold=matched["document_threshold"],
                                                       forget_threshold=forget_threshold))
     print("\n" + filter_table + "\n", flush=True)
     # 4-5. train and evaluate every arm
     results, curves = {}, {}
     for arm in arms:
-        save = train_arm(size, data, arm, out_dir, seed, document_threshold, forget_threshold)
+        save = train_arm(size, data, arm, out_dir, seed, matched["token_share"], forget_threshold)
         results[arm] = evaluate_arm(save, arm, size_name, size, data, out_dir)
         curves[arm] = _read_metrics(save)
         print(results[arm]["summary"], flush=True)
     # 6. report
     rows = comparison_rows(results)
-    comparison = format_comparison(rows)
+    comparison = format_comparison(rows, eval_labels)
+    privileged = format_privileged(rows, filter_labels)
     os.makedirs(os.path.join(out_dir, "report"), exist_ok=True)
     plots = plot_demo(results, curves, os.path.join(out_dir, "report"))
-    report = write_report(out_dir, size_name, size, filter_table, comparison, rows, results, plots)
+    setup = [f"Model: {size.num_layers} layers x {size.hidden_size}, seq {size.seq_length}; every arm trained on "
+             f"{size.train_tokens:,} learned tokens of the bundled corpus (medical, biology, general; weight 1 each) "
+             f"and the knowledge probe (~{PROBE_EPOCHS} epochs of invented medical and biology facts).",
+             f"Filter labels: {filter_labels}. Token-level evaluation labels: {eval_labels}.",
+             f"Matched baseline: the token filters take {matched['token_share']:.2%} of the train split's tokens out "
+             f"of the loss; `document` drops documents until the same share of tokens is gone "
+             f"(--document-filter-fraction {matched['token_share']:.4g}: threshold {matched['document_threshold']:.4g}"
+             f" on the share of a document's tokens that are forget, {matched['achieved_fraction']:.2%} dropped)."]
+    report = write_report(out_dir, f"megatron_tf demo ({size_name})", setup, filter_table, comparison, privileged,
+                          rows, results, plots, {"size": size_name, **asdict(size), "matched": matched})
     print("\n" + comparison + "\n", flush=True)
+    if privileged:
+        print(privileged + "\n", flush=True)
     print(f"report: {report} ({time.time() - t0:.0f} s)", flush=True)
-    return {"rows": rows, "report": report, "results": results}
+    return {"rows": rows, "report": report, "results": results, "matched": matched}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -308,9 +248,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--arms", nargs="+", default=list(FILTER_MODES), choices=FILTER_MODES)
     p.add_argument("--train-tokens", type=int, default=None, help="learned tokens per arm (overrides the preset)")
     p.add_argument("--forget-threshold", type=float, default=0.5)
-    p.add_argument("--document-threshold", type=float, default=0.05,
-                   help="--token-filter document drops documents whose fraction of forget tokens (score >= "
-                        "--forget-threshold) is >= this (default 0.05)")
     p.add_argument("--eval-limit", type=int, default=None, help="documents / questions per eval set (preset)")
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--workers", type=int, default=1, help="preprocessing worker processes")
@@ -319,6 +256,6 @@ def main(argv: list[str] | None = None) -> int:
                         "`python -m megatron_tf.demo.classifier_run` trains) instead of the blocklist labels; the "
                         "token-level evaluation keeps the blocklist labels as the reference")
     a = p.parse_args(argv)
-    run_demo(a.out, a.size, tuple(a.arms), a.seed, a.workers, a.train_tokens, a.document_threshold,
-             a.forget_threshold, a.eval_limit, a.classifier)
+    run_demo(a.out, a.size, tuple(a.arms), a.seed, a.workers, a.train_tokens, a.forget_threshold, a.eval_limit,
+             a.classifier)
     return 0
