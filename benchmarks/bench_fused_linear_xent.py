@@ -11,8 +11,9 @@ rows masked. Methods:
   ours_cuda_1buf the same with the single-buffered GEMM main loop (flce_cuda.set_pipeline(False))
   ours_torch     fused_linear_cross_entropy(impl="torch"): the exact reference (fp32 matmuls; slow, one rep)
   cce            Cut Cross-Entropy (cut_cross_entropy.linear_cross_entropy, reduction='sum', ignore_index on
-                 masked rows), when importable
-  liger          Liger-Kernel's LigerFusedLinearCrossEntropyLoss (reduction='sum', ignore_index), when importable
+                 masked rows, filter_eps=None: exact), when importable; cce_filtered: its default gradient filter
+  liger          Liger-Kernel's LigerFusedLinearCrossEntropyFunction (reduction='sum', ignore_index), when importable
+Wheels for CCE and Liger (the GPU machine has no network) are carried in .whl/ and installed by run_all.sh.
 peak_extra_MiB: peak allocation during one forward + backward above what was allocated before it (inputs);
 temporaries_MiB: the same minus the two gradients it returns (hidden and weight: the outputs every method must
 produce). Also records the errors of loss and gradients of each method against `materialised` (fp32 softmax of bf16
@@ -54,18 +55,27 @@ def _optional_baselines(report: dict) -> dict:
     try:
         from cut_cross_entropy import linear_cross_entropy
 
-        def cce(h, w, t, m):
+        def cce(h, w, t, m):  # exact: no gradient filtering
+            return linear_cross_entropy(h, w, torch.where(m, t, -100), ignore_index=-100, reduction="sum",
+                                        filter_eps=None)
+
+        def cce_filtered(h, w, t, m):  # CCE's default: skips gradient entries below its filter threshold
             return linear_cross_entropy(h, w, torch.where(m, t, -100), ignore_index=-100, reduction="sum")
 
-        fns["cce"] = cce
+        fns["cce"], fns["cce_filtered"] = cce, cce_filtered
         report["baselines"]["cce"] = _version("cut-cross-entropy")
     except Exception as e:  # noqa: BLE001 (not installed / broken: skipped with the reason)
         report["baselines"]["cce"] = f"skipped: not importable ({type(e).__name__}: {e})"
     try:
-        from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+        from liger_kernel.ops.fused_linear_cross_entropy import LigerFusedLinearCrossEntropyFunction
 
-        mod = LigerFusedLinearCrossEntropyLoss(ignore_index=-100, reduction="sum")
-        fns["liger"] = lambda h, w, t, m: mod(w, h, torch.where(m, t, -100))
+        def liger(h, w, t, m):  # (input, weight, target, bias, ce_weight, ignore_index, lse_square_scale,
+            #                      label_smoothing, reduction); recent versions return (loss, z_loss, acc, pred)
+            out = LigerFusedLinearCrossEntropyFunction.apply(h, w, torch.where(m, t, -100), None, None, -100, 0.0,
+                                                             0.0, "sum")
+            return out[0] if isinstance(out, tuple) else out
+
+        fns["liger"] = liger
         report["baselines"]["liger"] = _version("liger-kernel")
     except Exception as e:  # noqa: BLE001
         report["baselines"]["liger"] = f"skipped: not importable ({type(e).__name__}: {e})"

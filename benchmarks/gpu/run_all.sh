@@ -150,6 +150,10 @@ replication_step() {
 
 main() {
   echo "== run_all: OUT=$OUT dry=$DRY deadline=$DEADLINE_S s parts=$PARTS"
+  if ((!DRY)) && ls .whl/*.whl >/dev/null 2>&1; then  # baselines (CCE, Liger) carried as wheels: no network there
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+      && export PYTHONPATH="$PYTHONPATH:/tmp/site" && echo "baseline wheels: $(ls .whl)"
+  fi
   export -f env_step build_step tests_step sanitizer_step flce_step xent_step train_step annotate_step replication_step py
   export DRY OUT REPL_SIZES REPL_DATA_PREFIX
   step env 30 5 bash -c env_step
