@@ -28,10 +28,15 @@ def data(tmp_path_factory):
 
 def _learned_per_step(ds, steps: int) -> list[int]:
     """Reference: unmasked targets of each step's 8 consumed samples, from the raw forget flags (mask: target i is
-    learned iff stream token i + 1 is not forget)."""
+    learned iff stream token i + 1 is not forget; special tokens (eod, hidden, pad) are never forget)."""
+    special = list(ds.sample_filter.special_ids)
     out = []
     for k in range(steps):
-        out.append(sum(int((~ds.raw(i)[1][1:]).sum()) for i in range(k * GBS, (k + 1) * GBS)))
+        n = 0
+        for i in range(k * GBS, (k + 1) * GBS):
+            text, flags = ds.raw(i)
+            n += int((~(flags & ~np.isin(text, special))[1:]).sum())
+        out.append(n)
     return out
 
 
