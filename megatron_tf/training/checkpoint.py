@@ -346,10 +346,12 @@ def check_layout(ckpt_dir: str, config: dict, tp: int, pp: int) -> None:
             "supported: use the same sizes, or merge it with megatron_tf.training.load_model_from_checkpoint")
 
 
-# architecture fields that must match to load weights (the rest may change between runs)
+# architecture fields that must match to load weights (the rest may change between runs); norm_epsilon and
+# rotary_base change no shape but change the function the weights compute (an imported HF model continued without
+# its --norm-epsilon / --rotary-base would silently be another model)
 ARCH_FIELDS = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "group_query_attention",
                "num_query_groups", "kv_channels", "vocab_size", "make_vocab_size_divisible_by",
-               "untie_embeddings_and_output_weights", "activation", "normalization",
+               "untie_embeddings_and_output_weights", "activation", "normalization", "norm_epsilon", "rotary_base",
                "decoder_first_pipeline_num_layers", "decoder_last_pipeline_num_layers")
 
 

@@ -183,3 +183,14 @@ def test_resume_with_changed_data_or_filter_is_refused_unless_overridden(data, t
     r = pretrain(tiny_args(data, iters=1, extra=["--load", masked, "--finetune", "--eval-iters", "0",
                                                  "--data-path", other]))
     assert r.iterations == [1]
+
+
+@pytest.mark.parametrize("field,value", [("rotary_base", 500000.0), ("norm_epsilon", 1e-6), ("num_layers", 3)])
+def test_architecture_check_names_the_field(field, value):
+    from megatron_tf.training.checkpoint import CheckpointError, check_architecture
+
+    saved = {"num_layers": 2, "hidden_size": 32, "rotary_base": 10000.0, "norm_epsilon": 1e-5}
+    check_architecture("ckpt/iter_0000001", saved, dict(saved))
+    with pytest.raises(CheckpointError, match=rf"ckpt/iter_0000001: model architecture differs: {field}: "
+                                              rf"checkpoint {saved[field]!r}, now {value!r}"):
+        check_architecture("ckpt/iter_0000001", saved, {**saved, field: value})
