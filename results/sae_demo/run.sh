@@ -2,7 +2,9 @@
 # SAE weak labels with a megatron_tf checkpoint as the reference LM (the classifier demo's forward LM, 4 x 128,
 # 2.85M parameters, 1.2M training tokens): train an SAE on block 2, select medical latents on the TRAINING slices,
 # label the HELD-OUT slices, compare with the blocklist labels. ~6 minutes on 2 cores. Run from the repo root after
-# `python -m megatron_tf.demo.classifier_run` (which makes runs/classifier_demo).
+# `python -m megatron_tf.demo.classifier_run` (which makes runs/classifier_demo). The committed files beside this
+# script are copied here by its last lines: latents_$arch.md (from `sae_label.py select`) and
+# label_summary_$arch.json (from `sae_label.py label`), nothing else.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 LM=runs/classifier_demo/lm_forward
@@ -20,4 +22,6 @@ for arch in standard topk; do
     --sae-latents "$OUT/sel_$arch/latents.json" --data-prefix $D/heldout_{medical,biology,general}_text_document \
     --tokenizer-type SentencePieceTokenizer --tokenizer-model data/demo/tokenizer/demo_sp.model --name "sae_$arch" \
     --output-dir "$OUT/rep_$arch" --no-progress
+  cp "$OUT/sel_$arch/latents.md" "results/sae_demo/latents_$arch.md"
+  cp "$OUT/rep_$arch/summary.json" "results/sae_demo/label_summary_$arch.json"
 done
