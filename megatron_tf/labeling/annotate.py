@@ -30,6 +30,7 @@ import contextlib
 import json
 import os
 import shutil
+import socket
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -55,14 +56,23 @@ from ..data.sidecar import (
 )
 from ..tokenizer.tokenizer import TOKENIZER_TYPES, build_tokenizer
 from ..utils.checksum import new_hasher
-from ..utils.io import TMP_MARK, atomic_write, read_json, remove_stale_tmp
+from ..utils.io import TMP_MARK, read_json, remove_stale_tmp
 from ..utils.logging import get_logger
 from ..utils.run_lock import run_lock
-from .labeler import TokenLabeler, check_scores, special_token_ids, zero_special_tokens
+from .annotate_chunks import (  # noqa: F401  (document_stats, _chunk_paths: part of this module's API)
+    MANIFEST_FORMAT,
+    _chunk_ok,
+    _chunk_paths,
+    _ChunkJob,
+    _open_work_dir,
+    _worker_init,
+    _worker_run,
+    document_stats,
+)
+from .labeler import TokenLabeler, special_token_ids
 
 log = get_logger(__name__)
 
-MANIFEST_FORMAT = 1
 LABELERS = ("blocklist", "sae", "classifier")
 
 
@@ -92,10 +102,18 @@ class AnnotateConfig:
     restart: bool = field(default=False, metadata=opt(
         "Discard a work directory left by a run with different settings instead of failing."))
     progress: bool = field(default=True, metadata=opt("Show a progress bar."))
+    merge_only: bool = field(default=False, metadata=opt(
+        "Label nothing: merge the chunks of the work directory into the sidecars; refuse, naming them, when chunks "
+        "are missing."))
+    dist_timeout: float = field(default=600.0, metadata=opt(
+        "Under torchrun: seconds to wait for a rank that has not joined or has stopped responding (died, node "
+        "lost) before failing with its rank.", metavar="S"))
 
     def __post_init__(self) -> None:
         if self.workers < 1:
             raise ValueError(f"--workers must be >= 1, got {self.workers}")
+        if not self.dist_timeout > 0:
+            raise ValueError(f"--dist-timeout must be > 0 seconds, got {self.dist_timeout}")
         if self.chunk_docs < 1:
             raise ValueError(f"--chunk-docs must be >= 1, got {self.chunk_docs}")
         quantize_threshold(self.doc_frac_threshold)
@@ -123,84 +141,6 @@ def doc_columns(doc_frac_threshold: float) -> list[str]:
 
 def work_dir_for(prefix: str, name: str) -> str:
     return f"{prefix}.{name}.annotate-work"
-
-
-def _chunk_paths(work: str, c: int) -> tuple[str, str]:
-    base = os.path.join(work, f"chunk-{c:08d}")
-    return base + ".tok.npy", base + ".doc.npy"
-
-
-def document_stats(q: np.ndarray, lengths: np.ndarray, frac_threshold: float) -> np.ndarray:
-    """float32 [len(lengths), 3]: mean(q)/255, max(q)/255, mean(q >= ceil(255 T)) per document (0 when empty)."""
-    out = np.zeros((lengths.size, 3), dtype=np.float32)
-    nonempty = lengths > 0
-    if not nonempty.any():
-        return out
-    starts = (np.cumsum(lengths) - lengths)[nonempty]
-    n = lengths[nonempty].astype(np.float64)
-    qt = quantize_threshold(frac_threshold)
-    out[nonempty, 0] = (np.add.reduceat(q.astype(np.int64), starts) / n / 255.0).astype(np.float32)
-    out[nonempty, 1] = (np.maximum.reduceat(q, starts) / 255.0).astype(np.float32)
-    out[nonempty, 2] = (np.add.reduceat((q >= qt).astype(np.int64), starts) / n).astype(np.float32)
-    return out
-
-
-# ---- one chunk (runs in the main process or in a worker) ---------------------------------------------------------
-def _save_npy(path: str, array: np.ndarray) -> None:
-    """np.save atomically; a failed write (disk full: numpy says only "N requested and M written") names the file."""
-    try:
-        with atomic_write(path) as f:
-            np.save(f, array, allow_pickle=False)
-    except OSError as e:  # numpy's tofile error carries no errno
-        msg = f"writing annotation chunk {path} ({array.nbytes} bytes) failed: {e.strerror or e}"
-        raise (OSError(e.errno, msg) if e.errno else OSError(msg)) from e
-
-
-class _ChunkJob:
-    def __init__(self, prefix: str, labeler: TokenLabeler, work: str, chunk_docs: int, frac_threshold: float,
-                 special_ids: list[int] = ()):
-        self.prefix, self.labeler, self.work = prefix, labeler, work
-        self.chunk_docs, self.frac_threshold = chunk_docs, frac_threshold
-        self.special_ids = list(special_ids)
-        self._ds: IndexedDataset | None = None
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_ds": None}
-
-    def run(self, c: int) -> int:
-        if self._ds is None:
-            self._ds = IndexedDataset(self.prefix)
-            self._offs = self._ds.document_token_offsets()
-        d0 = c * self.chunk_docs
-        d1 = min(d0 + self.chunk_docs, self._ds.num_documents)
-        offs = self._offs[d0 : d1 + 1]
-        tokens = np.asarray(self._ds.tokens(int(offs[0]), int(offs[-1])))
-        rel = offs - offs[0]
-        docs = [tokens[rel[k] : rel[k + 1]] for k in range(d1 - d0)]
-        name = getattr(self.labeler, "name", type(self.labeler).__name__)
-        try:
-            flat = check_scores(docs, self.labeler.score_documents(docs), name)
-        except ValueError as e:
-            raise ValueError(f"{self.prefix}: documents [{d0}, {d1}) (chunk {c}): {e}") from e
-        q = quantize_scores(zero_special_tokens(tokens, flat, self.special_ids))
-        stats = document_stats(q, np.diff(rel), self.frac_threshold)
-        tok_path, doc_path = _chunk_paths(self.work, c)
-        _save_npy(doc_path, stats)
-        _save_npy(tok_path, q)  # written last: its presence marks the chunk complete
-        return int(q.size)
-
-
-_WORKER_JOB: _ChunkJob | None = None
-
-
-def _worker_init(job: _ChunkJob) -> None:
-    global _WORKER_JOB
-    _WORKER_JOB = job
-
-
-def _worker_run(c: int) -> tuple[int, int]:
-    assert _WORKER_JOB is not None
-    return c, _WORKER_JOB.run(c)
 
 
 # ---- validation ----------------------------------------------------------------------------------------------------
@@ -242,56 +182,6 @@ def check_tokenizer(ds: IndexedDataset, tokenizer, fingerprint: str | None = Non
     return {"source": source, "max_token_id": max_id}
 
 
-def _created_now() -> str:
-    epoch = os.environ.get("SOURCE_DATE_EPOCH")
-    t = int(epoch) if epoch else int(time.time())
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
-
-
-def _open_work_dir(work: str, key: dict, restart: bool) -> str:
-    """Create or verify the work directory; returns the creation time kept in the manifest."""
-    manifest = os.path.join(work, "manifest.json")
-    if os.path.isfile(manifest):
-        with open(manifest, encoding="utf-8") as f:
-            old = json.load(f)
-        diffs = [k for k in sorted(set(key) | set(old.get("key", {}))) if old.get("key", {}).get(k) != key.get(k)]
-        if diffs:
-            if not restart:
-                lines = "; ".join(f"{k}: work dir has {old.get('key', {}).get(k)!r}, this run has {key.get(k)!r}"
-                                  for k in diffs)
-                raise ValueError(f"{manifest}: the unfinished annotation there was made with different settings "
-                                 f"({lines}). Re-run with the same settings to resume, or pass --restart to discard "
-                                 "it.")
-            log.warning("discarding %s (settings changed: %s)", work, ", ".join(diffs))
-            shutil.rmtree(work)
-        else:
-            return str(old["created"])
-    elif os.path.isdir(work):
-        shutil.rmtree(work)  # killed before the manifest was written: nothing in it is usable
-    os.makedirs(work, exist_ok=True)
-    created = _created_now()
-    with atomic_write(manifest, "w") as f:
-        json.dump({"format": MANIFEST_FORMAT, "key": key, "created": created}, f, indent=1, sort_keys=True)
-    return created
-
-
-def _chunk_ok(work: str, c: int, ntok: int, ndoc: int) -> bool:
-    tok_path, doc_path = _chunk_paths(work, c)
-    if not (os.path.isfile(tok_path) and os.path.isfile(doc_path)):
-        return False
-    try:
-        q = np.load(tok_path, mmap_mode="r", allow_pickle=False)
-        d = np.load(doc_path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError) as e:
-        log.warning("chunk %d in %s is unreadable (%s); labeling it again", c, work, e)
-        return False
-    if q.dtype != np.uint8 or q.shape != (ntok,) or d.dtype != np.float32 or d.shape != (ndoc, 3):
-        log.warning("chunk %d in %s has shapes %s/%s, expected (%d,)/(%d, 3); labeling it again", c, work, q.shape,
-                    d.shape, ntok, ndoc)
-        return False
-    return True
-
-
 # ---- the run -------------------------------------------------------------------------------------------------------
 @dataclass
 class AnnotateSummary:
@@ -307,6 +197,10 @@ class AnnotateSummary:
     seconds: float
     resumed_chunks: int
     notes: list[str] = field(default_factory=list)  # labeler-specific lines (the classifier's cost accounting)
+    # per labeling process (torchrun rank): {"rank", "host", "workers", "chunks", "tokens", "seconds"}; seconds are
+    # wall time of that process's labeling (time.perf_counter), tokens those of the chunks it labeled
+    ranks: list[dict] = field(default_factory=list)
+    merge_seconds: float = 0.0  # chunks -> sidecars (wall, time.perf_counter), including the checks and checksums
 
     def format(self) -> str:
         rate = self.num_tokens / max(self.seconds, 1e-9)
@@ -320,78 +214,156 @@ class AnnotateSummary:
         lines.append(f"  documents with {frac_column(self.doc_frac_threshold)[0]} >= 0.50: "
                      f"{self.doc_fraction_frac:.2%}")
         lines += [f"  wrote {p}" for p in self.paths]
+        lines += self.rate_lines()
         lines += self.notes
         return "\n".join(lines)
 
 
+    def rate_lines(self) -> list[str]:
+        """Labeler throughput per process and the merge time (tokens/s = tokens labeled / labeling wall seconds)."""
+        lines = []
+        for r in self.ranks:
+            rate = f"{r['tokens'] / r['seconds']:,.0f} tokens/s" if r["seconds"] > 0 and r["tokens"] else "-"
+            lines.append(f"  labeling, rank {r['rank']} ({r['host']}, {r['workers']} worker(s)): {r['chunks']} chunks, "
+                         f"{r['tokens']:,} tokens in {r['seconds']:.2f} s: {rate}")
+        lines.append(f"  merge (chunks -> sidecars): {self.merge_seconds:.2f} s")
+        return lines
+
+
 def annotate(prefix: str, labeler: TokenLabeler, tokenizer, *, name: str = "forget",
              write_mask_threshold: float | None = None, doc_frac_threshold: float = 0.5, workers: int = 1,
-             chunk_docs: int = 1024, restart: bool = False, progress: bool = True) -> AnnotateSummary:
+             chunk_docs: int = 1024, restart: bool = False, progress: bool = True,
+             merge_only: bool = False) -> AnnotateSummary:
     """Label `prefix` with `labeler` and write P.name.{tokscores,docscores[,tokmask]}. Resumable; see module doc.
-    Raises LockHeld (utils/run_lock.py) when another run annotates the same prefix and name."""
+    Raises LockHeld (utils/run_lock.py) when another run annotates the same prefix and name. merge_only: label
+    nothing, merge the chunks of the work directory (ValueError naming the missing ones when any is missing)."""
     with run_lock(lock_path_for(prefix, name), f"annotate run of {prefix} --name {name}"):
         return _annotate(prefix, labeler, tokenizer, name=name, write_mask_threshold=write_mask_threshold,
                          doc_frac_threshold=doc_frac_threshold, workers=workers, chunk_docs=chunk_docs,
-                         restart=restart, progress=progress)
+                         restart=restart, progress=progress, merge_only=merge_only)
 
 
 def lock_path_for(prefix: str, name: str) -> str:
     return f"{prefix}.{name}.annotate.lock"
 
 
-def _annotate(prefix: str, labeler: TokenLabeler, tokenizer, *, name: str, write_mask_threshold: float | None,
-              doc_frac_threshold: float, workers: int, chunk_docs: int, restart: bool,
-              progress: bool) -> AnnotateSummary:
-    from tqdm import tqdm
+@dataclass
+class _Plan:
+    """What a run labels: the dataset, its chunks, the work directory and (on the merging process) what is done."""
 
-    t_start = time.time()
+    ds: IndexedDataset
+    fingerprint: str
+    key: dict
+    work: str
+    nchunks: int
+    bounds: list[tuple[int, int]]
+    ntok: list[int]
+    job: _ChunkJob
+    columns: list[str]
+    doc_frac_threshold: float
+    meta: dict | None = None  # sidecar metadata (setup only)
+    done: list[int] = field(default_factory=list)
+    todo: list[int] = field(default_factory=list)
+
+
+def _plan(prefix: str, labeler: TokenLabeler, tokenizer, *, name: str, doc_frac_threshold: float, chunk_docs: int,
+          restart: bool = False, setup: bool = True) -> _Plan:
+    """The run's plan. setup (one process per run: the lock holder): check the tokenizer, create or verify the work
+    directory, remove temporaries, find the complete chunks. Without setup only what labeling needs."""
     ds = IndexedDataset(prefix)
     fingerprint = ds.fingerprint()
-    check = check_tokenizer(ds, tokenizer, fingerprint)
+    check = check_tokenizer(ds, tokenizer, fingerprint) if setup else None
     doc_frac_threshold = frac_column(doc_frac_threshold)[1]
     columns = doc_columns(doc_frac_threshold)
     special_ids = special_token_ids(tokenizer)
-    tok_info = {"type": tokenizer.type_name, "fingerprint": tokenizer.fingerprint, "vocab_size": tokenizer.vocab_size,
-                "special_ids": special_ids}
     key = {"format": MANIFEST_FORMAT, "dataset_fingerprint": fingerprint, "num_tokens": ds.num_tokens,
            "num_documents": ds.num_documents, "chunk_docs": chunk_docs, "labeler": labeler.describe(),
            "tokenizer_fingerprint": tokenizer.fingerprint, "columns": columns, "special_ids": special_ids}
+    key = json.loads(json.dumps(key))
     work = work_dir_for(prefix, name)
-    created = _open_work_dir(work, json.loads(json.dumps(key)), restart)
+    doc_offs = ds.document_token_offsets()
+    nchunks = (ds.num_documents + chunk_docs - 1) // chunk_docs
+    bounds = [(c * chunk_docs, min((c + 1) * chunk_docs, ds.num_documents)) for c in range(nchunks)]
+    ntok = [int(doc_offs[b] - doc_offs[a]) for a, b in bounds]
+    job = _ChunkJob(prefix, labeler, work, chunk_docs, doc_frac_threshold, special_ids)
+    plan = _Plan(ds, fingerprint, key, work, nchunks, bounds, ntok, job, columns, doc_frac_threshold)
+    if not setup:
+        return plan
+    created = _open_work_dir(work, key, restart)
     for f in os.listdir(work):  # temporaries of chunk files being written when a run was killed
         if TMP_MARK in f:
             os.remove(os.path.join(work, f))
     for p in (sidecar_path(prefix, k, name) for k in (KIND_TOKEN_SCORES, KIND_TOKEN_MASK, KIND_DOC_SCORES)):
         remove_stale_tmp(p)
+    plan.done = [c for c in range(nchunks) if _chunk_ok(work, c, ntok[c], bounds[c][1] - bounds[c][0])]
+    plan.todo = sorted(set(range(nchunks)) - set(plan.done))
+    if plan.done:
+        log.info("%s: resuming, %d of %d chunks already labeled", work, len(plan.done), nchunks)
+    tok_info = {"type": tokenizer.type_name, "fingerprint": tokenizer.fingerprint, "vocab_size": tokenizer.vocab_size,
+                "special_ids": special_ids}
+    plan.meta = {"labeler": labeler.describe(), "tokenizer": tok_info, "created": created,
+                 "megatron_tf_version": __version__, "doc_frac_threshold": doc_frac_threshold,
+                 "max_token_id": check["max_token_id"]}
+    return plan
 
-    doc_offs = ds.document_token_offsets()
-    nchunks = (ds.num_documents + chunk_docs - 1) // chunk_docs
-    bounds = [(c * chunk_docs, min((c + 1) * chunk_docs, ds.num_documents)) for c in range(nchunks)]
-    ntok = [int(doc_offs[b] - doc_offs[a]) for a, b in bounds]
-    done = [c for c in range(nchunks) if _chunk_ok(work, c, ntok[c], bounds[c][1] - bounds[c][0])]
-    todo = sorted(set(range(nchunks)) - set(done))
-    if done:
-        log.info("%s: resuming, %d of %d chunks already labeled", work, len(done), nchunks)
-    job = _ChunkJob(prefix, labeler, work, chunk_docs, doc_frac_threshold, special_ids)
-    bar = tqdm(total=ds.num_tokens, initial=sum(ntok[c] for c in done), unit="tok", unit_scale=True,
-               desc=f"annotate {os.path.basename(prefix)}", disable=not progress, smoothing=0.1)
+
+def _label(plan: _Plan, chunks: list[int], workers: int, progress: bool, desc: str = "") -> dict:
+    """Label `chunks` (in this process or a pool); returns {"chunks", "tokens", "seconds"} of this labeling."""
+    from tqdm import tqdm
+
+    t0 = time.perf_counter()
+    bar = tqdm(total=sum(plan.ntok[c] for c in chunks), unit="tok", unit_scale=True, disable=not progress,
+               desc=f"annotate {os.path.basename(plan.ds.path_prefix)}{desc}", smoothing=0.1)
     try:
-        if workers == 1 or len(todo) <= 1:
-            for c in todo:
-                bar.update(job.run(c))
+        if workers == 1 or len(chunks) <= 1:
+            for c in chunks:
+                bar.update(plan.job.run(c))
         else:
-            _run_pool(job, todo, workers, bar)
+            _run_pool(plan.job, chunks, workers, bar)
     finally:
         bar.close()
+    return {"chunks": len(chunks), "tokens": sum(plan.ntok[c] for c in chunks),
+            "seconds": time.perf_counter() - t0}
 
-    meta = {"labeler": labeler.describe(), "tokenizer": tok_info, "created": created,
-            "megatron_tf_version": __version__, "doc_frac_threshold": doc_frac_threshold,
-            "max_token_id": check["max_token_id"]}
-    summary = _finalize(ds, fingerprint, work, nchunks, name, meta, columns, write_mask_threshold,
-                        doc_frac_threshold)
-    shutil.rmtree(work)
+
+def missing_chunks(plan: _Plan) -> list[int]:
+    return [c for c in range(plan.nchunks)
+            if not _chunk_ok(plan.work, c, plan.ntok[c], plan.bounds[c][1] - plan.bounds[c][0])]
+
+
+def _merge(plan: _Plan, name: str, write_mask_threshold: float | None) -> AnnotateSummary:
+    """Chunks -> sidecars; refuses, naming them, when chunks are missing. Removes the work directory."""
+    missing = missing_chunks(plan)
+    if missing:
+        shown = ", ".join(f"chunk-{c:08d} (documents [{plan.bounds[c][0]}, {plan.bounds[c][1]}))"
+                          for c in missing[:20]) + (f" and {len(missing) - 20} more" if len(missing) > 20 else "")
+        raise ValueError(f"{plan.work}: cannot merge: {len(missing)} of {plan.nchunks} chunks are missing or "
+                         f"incomplete: {shown}. Run the same command without --merge-only to label them (with "
+                         "several nodes the work directory must be on a filesystem every node sees)")
+    t0 = time.perf_counter()
+    summary = _finalize(plan.ds, plan.fingerprint, plan.work, plan.nchunks, name, plan.meta, plan.columns,
+                        write_mask_threshold, plan.doc_frac_threshold)
+    shutil.rmtree(plan.work)
+    summary.merge_seconds = time.perf_counter() - t0
+    summary.resumed_chunks = len(plan.done)
+    return summary
+
+
+def _annotate(prefix: str, labeler: TokenLabeler, tokenizer, *, name: str, write_mask_threshold: float | None,
+              doc_frac_threshold: float, workers: int, chunk_docs: int, restart: bool, progress: bool,
+              merge_only: bool = False) -> AnnotateSummary:
+    t_start = time.time()
+    if merge_only and not os.path.isfile(os.path.join(work_dir_for(prefix, name), "manifest.json")):
+        raise ValueError(f"--merge-only: no unfinished annotation to merge ({work_dir_for(prefix, name)}/manifest.json "
+                         "does not exist)")
+    plan = _plan(prefix, labeler, tokenizer, name=name, doc_frac_threshold=doc_frac_threshold,
+                 chunk_docs=chunk_docs, restart=restart)
+    stats = {"chunks": 0, "tokens": 0, "seconds": 0.0}
+    if not merge_only:
+        stats = _label(plan, plan.todo, workers, progress)
+    summary = _merge(plan, name, write_mask_threshold)
+    summary.ranks = [{"rank": 0, "host": socket.gethostname(), "workers": workers, **stats}]
     summary.seconds = time.time() - t_start
-    summary.resumed_chunks = len(done)
     return summary
 
 
@@ -504,23 +476,55 @@ def build_labeler(cfg: AnnotateConfig, tokenizer, sae_options=None, classifier_o
     raise ValueError(f"unknown --labeler {cfg.labeler!r}; expected one of {LABELERS}")
 
 
-def run(cfg: AnnotateConfig, sae_options=None, classifier_options=None) -> AnnotateSummary:
+def run(cfg: AnnotateConfig, sae_options=None, classifier_options=None):
+    """One process, or one rank of a torchrun job (RANK/WORLD_SIZE set; labeling/annotate_dist.py). Returns the
+    AnnotateSummary (rank 0 and single processes) or annotate_dist.RankSummary (other ranks)."""
     if not cfg.data_prefix:
         raise ValueError("--data-prefix is required")
     if not cfg.tokenizer_type:
         raise ValueError("--tokenizer-type is required (the tokenizer the dataset was made with)")
+    from ..utils.dist_work import WorkGroup, pin_device, rank_env
+
+    env = rank_env()
+    if not env.distributed:
+        return _run_one(cfg, sae_options, classifier_options)
+    device = pin_device(env, "auto")  # GPU ranks: LOCAL_RANK's device is current ("cuda" means it)
+    if device != "cpu" and cfg.workers > 1 and cfg.labeler != "blocklist":
+        raise ValueError(f"--workers {cfg.workers} with --labeler {cfg.labeler} under torchrun: each rank has one "
+                         "GPU; use one rank per GPU (--nproc-per-node) and --workers 1")
+    with WorkGroup(env, cfg.dist_timeout, name="annotate") as group:
+        from .annotate_dist import annotate_distributed
+
+        tokenizer = build_tokenizer(cfg.tokenizer_type, cfg.tokenizer_model, cfg.vocab_size)
+        labeler = build_labeler(cfg, tokenizer, sae_options, classifier_options)
+        summary = annotate_distributed(group, cfg.data_prefix, labeler, tokenizer, name=cfg.name,
+                                       write_mask_threshold=cfg.write_mask_threshold,
+                                       doc_frac_threshold=cfg.doc_frac_threshold, workers=cfg.workers,
+                                       chunk_docs=cfg.chunk_docs, restart=cfg.restart, progress=cfg.progress,
+                                       merge_only=cfg.merge_only)
+    if env.rank == 0:
+        _cost_notes(cfg, summary, labeler, classifier_options)
+    return summary
+
+
+def _run_one(cfg: AnnotateConfig, sae_options, classifier_options) -> AnnotateSummary:
     tokenizer = build_tokenizer(cfg.tokenizer_type, cfg.tokenizer_model, cfg.vocab_size)
     labeler = build_labeler(cfg, tokenizer, sae_options, classifier_options)
     summary = annotate(cfg.data_prefix, labeler, tokenizer, name=cfg.name,
                        write_mask_threshold=cfg.write_mask_threshold, doc_frac_threshold=cfg.doc_frac_threshold,
-                       workers=cfg.workers, chunk_docs=cfg.chunk_docs, restart=cfg.restart, progress=cfg.progress)
+                       workers=cfg.workers, chunk_docs=cfg.chunk_docs, restart=cfg.restart, progress=cfg.progress,
+                       merge_only=cfg.merge_only)
+    _cost_notes(cfg, summary, labeler, classifier_options)
+    return summary
+
+
+def _cost_notes(cfg: AnnotateConfig, summary: AnnotateSummary, labeler, classifier_options) -> None:
     if cfg.labeler == "classifier":
         from ..classifier.cost import cost_lines
 
         lengths = np.diff(IndexedDataset(cfg.data_prefix).document_token_offsets())
         summary.notes += cost_lines(labeler.cost(lengths), classifier_options.pretrain_params,
                                     classifier_options.pretrain_tokens)
-    return summary
 
 
 def build_parser():
@@ -544,6 +548,7 @@ def main(argv: list[str] | None = None) -> int:
     import sys
 
     from ..config.cli import dataclass_from_args
+    from ..utils.dist_work import DistWorkError
 
     args = build_parser().parse_args(argv)
     try:
@@ -562,5 +567,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError, ImportError) as e:  # OSError: unreadable input, disk full (the message names it)
         print(f"annotate: error: {e}", file=sys.stderr)
         return 2
+    except DistWorkError as e:  # another rank failed, died or never joined (the message names it)
+        print(f"annotate: error: {e}", file=sys.stderr)
+        return 1
     print(summary.format())
     return 0

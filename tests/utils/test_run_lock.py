@@ -56,3 +56,26 @@ def test_lock_that_cannot_be_checked_is_respected(tmp_path, content):
     assert path in msg and f"remove {path}" in msg
     assert ("pid 1 on host some-other-host" in msg) if content else ("unknown process" in msg)
     assert os.path.exists(path)
+
+
+def test_job_lock_is_taken_over_by_the_same_job_and_refuses_another(tmp_path):
+    """A torchrun job's rank 0 locks with job=<rdzv id>: a relaunch of that job (requeued; its earlier rank 0 may
+    have run on another host, so the pid cannot be checked) takes the lock over; another job is refused."""
+    path = str(tmp_path / "x.lock")
+    left = {"pid": 1, "host": "some-other-host", "started": "then", "argv": ["annotate"], "job": "4711"}
+    with open(path, "w") as f:
+        json.dump(left, f)
+    with pytest.raises(LockHeld) as e:
+        with run_lock(path, "annotate run", job="4712"):
+            pass
+    assert "pid 1 on host some-other-host of job 4711" in str(e.value)
+    with pytest.raises(LockHeld):
+        with run_lock(path, "annotate run"):  # no job: respected as before
+            pass
+    assert json.load(open(path)) == left
+    with run_lock(path, "annotate run", job="4711") as info:
+        assert json.load(open(path)) == info and info["job"] == "4711" and info["pid"] == os.getpid()
+        with pytest.raises(LockHeld, match=f"pid {os.getpid()} on host .* of job 4711"):
+            with run_lock(path, "second job", job="9"):
+                pass
+    assert not os.path.exists(path)
