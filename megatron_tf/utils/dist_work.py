@@ -250,8 +250,8 @@ class WorkGroup:
         with contextlib.suppress(Exception):
             if self.env.rank != 0 or self.env.agent_store:
                 self._set(f"left/{self.env.rank}", True)
-            elif exc is None:  # rank 0 hosts the store: let the others read the last values before it goes away
-                end = time.monotonic() + self.timeout_s
+            else:  # rank 0 hosts the store: let the others read the last values (or its error) before it goes away
+                end = time.monotonic() + (self.timeout_s if exc is None else min(self.timeout_s, 10.0))
                 keys = [self.ns + f"left/{r}" for r in range(1, self.env.world_size)]
                 while not self._store.check(keys) and time.monotonic() < end:
                     time.sleep(POLL_S)
