@@ -7,6 +7,13 @@
 #   TOKENS_SCALE=0.1 ARMS="none remove" examples/scaling_sweep.sh   # a quick smoke run
 #   DOCUMENT_FILTER_FRACTION=0.0154 examples/scaling_sweep.sh    # document arm matched to the token arms' share
 #   DRY_RUN=1 examples/scaling_sweep.sh                          # print every command, run nothing
+#   FILTER_TERMS_SPLIT=1/2 EVAL_TERMS_SPLIT=2/2 MATCH_DOCUMENT=1 examples/scaling_sweep.sh   # held-out terms protocol
+#
+# Labels (docs/evaluation.md): with FILTER_TERMS_SPLIT=K/N the training data is labeled with part K of the blocklist
+# (the filter's labels) and with EVAL_TERMS_SPLIT the evaluation labels the held-out text with another part, so the
+# token-level metrics use labels the filter never saw (without them the token-level metrics are privileged: the
+# evaluation marks them so and the report never headlines them). MATCH_DOCUMENT=1 sets DOCUMENT_FILTER_FRACTION to
+# the share of the train split's tokens the token filters take out of the loss (tools/inspect_dataset.py --json).
 #
 # Every arm of a size trains on the same number of tokens, counted as TRAIN_TOKENS_COUNT: learned (default; unmasked
 # targets, as the paper's code) or seen (every input token). The report prints both counts and the training FLOPs per
@@ -41,6 +48,9 @@ DOCUMENT_SCORE_COLUMN=${DOCUMENT_SCORE_COLUMN:-mean_score}
 # Set DOCUMENT_FILTER_FRACTION=F to drop the documents that make up ~F of the train split's tokens instead of using a
 # fixed threshold (--document-filter-fraction; match it to the token arms' filtered share for a fair baseline).
 DOCUMENT_FILTER_FRACTION=${DOCUMENT_FILTER_FRACTION:-}
+MATCH_DOCUMENT=${MATCH_DOCUMENT:-0}
+FILTER_TERMS_SPLIT=${FILTER_TERMS_SPLIT:-}  # K/N: training labels from part K of the blocklist (empty: all terms)
+EVAL_TERMS_SPLIT=${EVAL_TERMS_SPLIT:-}      # K/N: evaluation labels from part K (use another part than the filter's)
 TRAIN_TOKENS_COUNT=${TRAIN_TOKENS_COUNT:-learned}
 COMPUTE=${COMPUTE:-paper}
 DRY_RUN=${DRY_RUN:-0}                     # 1: print the commands (shell-quoted), run nothing
@@ -92,9 +102,21 @@ if [ -z "$DATA_PREFIX" ]; then  # the bundled demo corpus: tokenize, then label 
       data/demo/train/general.jsonl.xz --output-prefix "$OUT/data/demo_train" --tokenizer-type "$TOKENIZER_TYPE" \
       --tokenizer-model "$TOKENIZER_MODEL" --json-keys text --append-eod --workers 2
     run "$PYTHON" tools/annotate.py --data-prefix "$DATA_PREFIX" --labeler blocklist --terms "$TERMS" \
+      ${FILTER_TERMS_SPLIT:+--terms-split "$FILTER_TERMS_SPLIT"} \
       --tokenizer-type "$TOKENIZER_TYPE" --tokenizer-model "$TOKENIZER_MODEL" \
       --write-mask-threshold "$FORGET_THRESHOLD" --no-progress
   fi
+fi
+if [ "$MATCH_DOCUMENT" = 1 ] && [ -z "$DOCUMENT_FILTER_FRACTION" ]; then
+  if [ "$DRY_RUN" = 1 ]; then
+    DOCUMENT_FILTER_FRACTION='<token-share>'
+  else
+    DOCUMENT_FILTER_FRACTION=$("$PYTHON" tools/inspect_dataset.py --data-path "$DATA_PREFIX" --split 98,2,0 \
+      --seq-length 256 --train-samples 1 --token-filter mask --forget-threshold "$FORGET_THRESHOLD" \
+      --tokenizer-type "$TOKENIZER_TYPE" --tokenizer-model "$TOKENIZER_MODEL" --json \
+      | "$PYTHON" -c 'import json, sys; print(f"{json.loads(sys.stdin.read())[\"tokens_filtered_fraction\"]:.6g}")')
+  fi
+  echo "document arm matched to the token filters' share: --document-filter-fraction $DOCUMENT_FILTER_FRACTION" >&2
 fi
 
 arm_flags() {
@@ -115,6 +137,7 @@ arm_flags() {
 
 EVAL_ARGS=(--forget-text "$HELDOUT_FORGET" --retain-text "$HELDOUT_RETAIN" --general-text "$HELDOUT_GENERAL"
            --blocklist "$TERMS" --forget-threshold "$FORGET_THRESHOLD"
+           ${EVAL_TERMS_SPLIT:+--blocklist-terms-split "$EVAL_TERMS_SPLIT"}
            --mmlu "$EVAL_MMLU" --medqa "$EVAL_MEDQA" --medmcqa "$EVAL_MEDMCQA")
 [ -n "$EVAL_LIMIT" ] && EVAL_ARGS+=(--limit "$EVAL_LIMIT")
 
