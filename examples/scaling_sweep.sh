@@ -114,7 +114,7 @@ if [ "$MATCH_DOCUMENT" = 1 ] && [ -z "$DOCUMENT_FILTER_FRACTION" ]; then
     DOCUMENT_FILTER_FRACTION=$("$PYTHON" tools/inspect_dataset.py --data-path "$DATA_PREFIX" --split 98,2,0 \
       --seq-length 256 --train-samples 1 --token-filter mask --forget-threshold "$FORGET_THRESHOLD" \
       --tokenizer-type "$TOKENIZER_TYPE" --tokenizer-model "$TOKENIZER_MODEL" --json \
-      | "$PYTHON" -c 'import json, sys; print(f"{json.loads(sys.stdin.read())[\"tokens_filtered_fraction\"]:.6g}")')
+      | "$PYTHON" -c 'import json, sys; print("%.6g" % json.load(sys.stdin)["tokens_filtered_fraction"])')
   fi
   echo "document arm matched to the token filters' share: --document-filter-fraction $DOCUMENT_FILTER_FRACTION" >&2
 fi
