@@ -488,10 +488,17 @@ def run(cfg: AnnotateConfig, sae_options=None, classifier_options=None):
     env = rank_env()
     if not env.distributed:
         return _run_one(cfg, sae_options, classifier_options)
-    device = pin_device(env, "auto")  # GPU ranks: LOCAL_RANK's device is current ("cuda" means it)
-    if device != "cpu" and cfg.workers > 1 and cfg.labeler != "blocklist":
-        raise ValueError(f"--workers {cfg.workers} with --labeler {cfg.labeler} under torchrun: each rank has one "
-                         "GPU; use one rank per GPU (--nproc-per-node) and --workers 1")
+    device = pin_device(env, "auto")  # GPU ranks: cuda:<LOCAL_RANK % device count>, made current
+    if device != "cpu":
+        if cfg.workers > 1 and cfg.labeler != "blocklist":
+            raise ValueError(f"--workers {cfg.workers} with --labeler {cfg.labeler} under torchrun: each rank has "
+                             "one GPU; use one rank per GPU (--nproc-per-node) and --workers 1")
+        import dataclasses
+
+        if classifier_options is not None and classifier_options.classifier_device in ("auto", "cuda"):
+            classifier_options = dataclasses.replace(classifier_options, classifier_device=device)
+        if sae_options is not None and sae_options.sae_device == "cuda":
+            sae_options = dataclasses.replace(sae_options, sae_device=device)
     with WorkGroup(env, cfg.dist_timeout, name="annotate") as group:
         from .annotate_dist import annotate_distributed
 

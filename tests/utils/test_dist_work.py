@@ -126,3 +126,19 @@ def test_a_failing_rank_stops_the_others_with_its_message(tmp_path, bad):
     assert rc != 0 and f"ValueError: bad input on rank {bad}" in err
     rc, _, err = results[1 - bad]
     assert rc != 0 and f"DistWorkError: rank {bad} failed: ValueError: bad input on rank {bad}" in err, err[-2000:]
+
+
+def test_pin_device_takes_local_rank_modulo_the_gpus(monkeypatch):
+    import torch
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setattr(torch.cuda, "set_device", calls.append)
+    assert pin_device(RankEnv(rank=13, world_size=16, local_rank=5), "auto") == "cuda:1"
+    assert pin_device(RankEnv(rank=2, world_size=16, local_rank=2), "cuda") == "cuda:2"
+    assert calls == [1, 2]
+    assert pin_device(RankEnv(local_rank=3), "cpu") == "cpu" and calls == [1, 2]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(DistWorkError, match="rank 0: device cuda requested but CUDA is not available"):
+        pin_device(RankEnv(), "cuda")
