@@ -6,6 +6,11 @@ logic: megatron_tf/labeling/annotate.py). Resumable: re-run the same command aft
         --terms data/demo/medical_terms.txt --tokenizer-type SentencePieceTokenizer --tokenizer-model tok.model \
         [--name forget] [--write-mask-threshold 0.5] [--doc-frac-threshold 0.5] [--workers 2] [--chunk-docs 1024]
 
+    torchrun --standalone --nproc-per-node 8 tools/annotate.py --data-prefix P ... [--dist-timeout 600]
+        (ranks label disjoint chunks, rank 0 merges; several nodes: examples/slurm_annotate.sh, docs/annotation.md)
+
+    python tools/annotate.py --data-prefix P ... --merge-only      (merge the chunks there; refuses if any is missing)
+
     python tools/annotate.py --data-prefix P --labeler sae --sae-reference-lm LM_DIR --sae SAE_DIR_OR_RELEASE:ID \
         --sae-latents latents.json [--sae-min-seed-latents 2] [--sae-device cuda] --tokenizer-type ...
         (docs/sae_labels.md)

@@ -18,10 +18,15 @@ functions of (dataset, labeler, chunk index), so the result is byte-identical wh
 however often the run was interrupted. The creation time is taken from SOURCE_DATE_EPOCH when set (reproducible
 builds), else the clock at the first start, and kept across resumes.
 
+Under torchrun (RANK/WORLD_SIZE set) ranks label disjoint chunks and rank 0 merges: labeling/annotate_dist.py,
+docs/annotation.md. --merge-only labels nothing and refuses, naming them, when chunks are missing.
+
 One run per (P, N) at a time: the lock file P.N.annotate.lock (utils/run_lock.py) names its holder; a second run
-fails with that name, a lock left by a dead process on this host is replaced. Special tokens (eod, hidden, pad) get
-score 0 whatever the labeler says. With --write-mask-threshold the mask records the checksum of the token scores it
-was derived from (docs/sidecar_format.md); without it, a P.N.tokmask left by an earlier annotation is removed.
+fails with that name, a lock left by a dead process on this host is replaced. Under torchrun only rank 0 holds it,
+for the job (job = torchrun's run id: a relaunch of the same job takes it over, another job is refused).
+Special tokens (eod, hidden, pad) get score 0 whatever the labeler says. With --write-mask-threshold the mask records
+the checksum of the token scores it was derived from (docs/sidecar_format.md); without it, a P.N.tokmask left by an
+earlier annotation is removed.
 """
 
 from __future__ import annotations
