@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ..utils.logging import get_logger
+from .blend_greedy import exhaustive_loop, greedy_loop, load_library, two_dataset_indices
 from .index_cache import load_or_build
 
 log = get_logger(__name__)
@@ -67,63 +68,51 @@ def component_sizes(weights: list[float], size: int, surplus: float = 0.0) -> li
 
 
 def build_blending_indices(weights: list[float], size: int) -> tuple[np.ndarray, np.ndarray]:
-    """(dataset_index int16 [size], dataset_sample_index int64 [size]) by the greedy rule (module doc)."""
+    """(dataset_index int16 [size], dataset_sample_index int64 [size]) by the greedy rule (module doc), equal to
+    megatron-core's helpers.build_blending_indices. Computed by blend_greedy.py's compiled loop, or without a C
+    compiler by its exact NumPy formulation for two datasets (a Python loop for more)."""
     w = [float(x) for x in weights]
-    n = len(w)
-    counts = [0] * n
-    didx = np.zeros(size, dtype=np.int16)
-    sidx = np.zeros(size, dtype=np.int64)
-    if n == 1:
-        sidx[:] = np.arange(size)
-        return didx, sidx
-    picks = [0] * size
-    taken = [0] * size
-    if n == 2:
-        w0, w1 = w
-        c0 = c1 = 0
-        for s in range(size):
-            sd = s if s > 1 else 1.0
-            if w1 * sd - c1 > w0 * sd - c0:
-                picks[s], taken[s] = 1, c1
-                c1 += 1
-            else:
-                taken[s] = c0
-                c0 += 1
-    else:
-        rng_n = range(1, n)
-        for s in range(size):
-            sd = s if s > 1 else 1.0
-            best, best_err = 0, w[0] * sd - counts[0]
-            for i in rng_n:
-                e = w[i] * sd - counts[i]
-                if e > best_err:
-                    best, best_err = i, e
-            picks[s], taken[s] = best, counts[best]
-            counts[best] += 1
-    didx[:] = picks
-    sidx[:] = taken
-    return didx, sidx
+    if len(w) == 1:
+        return np.zeros(size, dtype=np.int16), np.arange(size, dtype=np.int64)
+    if len(w) == 2 and load_library() is None:
+        found = two_dataset_indices(w[0], w[1], size)
+        if found is not None:
+            return found
+    return greedy_loop(w, size)
 
 
 def build_exhaustive_blending_indices(sizes: list[int]) -> tuple[np.ndarray, np.ndarray]:
-    """Every sample of every component exactly once, interleaved by the greedy rule with weights len_i / total."""
-    total = int(sum(sizes))
-    w = [s / float(total) for s in sizes]
-    counts = [0] * len(sizes)
-    live = [i for i, s in enumerate(sizes) if s > 0]
-    picks, taken = [0] * total, [0] * total
-    for s in range(total):
-        sd = s if s > 1 else 1.0
-        best, best_err = -1, -math.inf
-        for i in live:
-            e = w[i] * sd - counts[i]
-            if e > best_err:
-                best, best_err = i, e
-        picks[s], taken[s] = best, counts[best]
-        counts[best] += 1
-        if counts[best] == sizes[best]:
-            live.remove(best)
-    return np.asarray(picks, dtype=np.int16), np.asarray(taken, dtype=np.int64)
+    """Every sample of every component exactly once, interleaved by the greedy rule with weights len_i / total over
+    the components not yet used up (components of length 0 are never picked); equal to megatron-core's
+    helpers.build_exhaustive_blending_indices when no length is 0."""
+    sizes = [int(x) for x in sizes]
+    live = [i for i, n in enumerate(sizes) if n > 0]
+    total = sum(sizes)
+    if len(live) == 1:
+        return np.full(total, live[0], dtype=np.int16), np.arange(total, dtype=np.int64)
+    if len(live) == 2 and load_library() is None:
+        found = _two_exhaustive(sizes, live, total)
+        if found is not None:
+            return found
+    return exhaustive_loop(sizes)
+
+
+def _two_exhaustive(sizes: list[int], live: list[int], total: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """Two live components: the weighted greedy until one is used up (at position t), then the other one alone."""
+    n = [sizes[i] for i in live]
+    found = two_dataset_indices(n[0] / float(total), n[1] / float(total), total)
+    if found is None:
+        return None
+    didx, sidx = found
+    ends = [np.flatnonzero((didx == j) & (sidx == n[j] - 1)) for j in (0, 1)]  # where each one is used up
+    t = min(int(e[0]) for e in ends if e.size)
+    rest = 1 - int(didx[t])
+    taken = int(np.count_nonzero(didx[: t + 1] == rest))
+    didx[t + 1 :] = rest
+    sidx[t + 1 :] = np.arange(taken, taken + total - t - 1)
+    if live != [0, 1]:
+        didx = np.asarray(live, dtype=np.int16)[didx]
+    return didx, sidx
 
 
 class BlendedDataset(torch.utils.data.Dataset):

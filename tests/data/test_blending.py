@@ -7,7 +7,9 @@ import math
 import numpy as np
 import pytest
 
+from megatron_tf.data import blend_greedy
 from megatron_tf.data.blending import (
+    _two_exhaustive,
     build_blending_indices,
     build_exhaustive_blending_indices,
     component_sizes,
@@ -57,35 +59,174 @@ def test_exhaustive_blend_takes_everything():
         np.testing.assert_array_equal(sidx[didx == i], np.arange(n))
 
 
+def reference_greedy(weights, size):
+    """The greedy rule written out sample by sample (the library's former Python loop), independent of the library's
+    code paths: the argmax of w_i * max(s, 1) - c_i in float64, first index on ties."""
+    w = [float(x) for x in weights]
+    counts = [0] * len(w)
+    picks, taken = [], []
+    for s in range(size):
+        sd = s if s > 1 else 1.0
+        errs = [w[i] * sd - counts[i] for i in range(len(w))]
+        best = errs.index(max(errs))  # first maximum
+        picks.append(best)
+        taken.append(counts[best])
+        counts[best] += 1
+    return np.array(picks, np.int16), np.array(taken, np.int64)
+
+
+def reference_exhaustive(sizes):
+    """Every sample once: the greedy with weights size_i / total over the datasets not yet used up (never one of
+    length 0)."""
+    total = sum(sizes)
+    w = [n / float(total) for n in sizes]
+    counts = [0] * len(sizes)
+    picks, taken = [], []
+    for s in range(total):
+        sd = s if s > 1 else 1.0
+        live = [i for i in range(len(sizes)) if counts[i] < sizes[i]]
+        errs = [w[i] * sd - counts[i] for i in live]
+        best = live[errs.index(max(errs))]
+        picks.append(best)
+        taken.append(counts[best])
+        counts[best] += 1
+    return np.array(picks, np.int16), np.array(taken, np.int64)
+
+
+def random_weights(rng, n):
+    """Random, small-integer (many exact and near ties in float64) or decimal weights, normalised."""
+    kind = int(rng.integers(0, 3))
+    if kind == 0:
+        w = rng.random(n) + 1e-3
+    elif kind == 1:
+        w = rng.integers(1, 4, n).astype(np.float64)
+    else:
+        w = rng.choice([0.1, 0.2, 0.25, 0.3, 0.5, 0.7], n)
+    return (w / w.sum()).tolist()
+
+
+@pytest.fixture(params=["native", "python"])
+def greedy_path(request, monkeypatch):
+    """Run a test with the compiled helper and again with the no-compiler path (NumPy for two datasets, the library's
+    Python loop for more)."""
+    if request.param == "python":
+        monkeypatch.setattr(blend_greedy, "_lib", None)
+        monkeypatch.setattr(blend_greedy, "_tried", True)
+    elif blend_greedy.load_library() is None:
+        pytest.skip(f"no C compiler: {blend_greedy.library_error()}")
+    return request.param
+
+
+def test_greedy_equals_reference_on_random_weights(greedy_path):
+    rng = np.random.default_rng(11)
+    cases = [([0.5, 0.5], 1001), ([0.3, 0.7], 2000), ([0.7, 0.3], 2000), ([1 / 3, 1 / 3, 1 / 3], 999),
+             ([0.25, 0.25, 0.5], 800), ([0.2] * 5, 1000), ([1e-9, 1 - 1e-9], 300)]
+    for t in range(36 if greedy_path == "native" else 14):
+        n = [2, 2, 3, 4, 7, 40][t % 6]
+        cases.append((random_weights(rng, n), int(rng.integers(1, 2500 if n < 40 else 400))))
+    for w, size in cases:
+        d, s = build_blending_indices(w, size)
+        d_ref, s_ref = reference_greedy(w, size)
+        assert d.dtype == np.int16 and s.dtype == np.int64
+        np.testing.assert_array_equal(d, d_ref, err_msg=f"weights {w}, size {size}")
+        np.testing.assert_array_equal(s, s_ref, err_msg=f"weights {w}, size {size}")
+
+
+def test_exhaustive_equals_reference(greedy_path):
+    rng = np.random.default_rng(12)
+    cases = [[7, 0, 30, 13], [5, 5], [1, 1000], [3, 0], [0, 4, 4], [10, 20, 30, 40]]
+    for t in range(24 if greedy_path == "native" else 10):
+        n = [2, 2, 3, 6, 25][t % 5]
+        sizes = rng.integers(0 if t % 3 == 0 else 1, 300, n)
+        sizes[int(rng.integers(0, n))] += 1  # not all zero
+        cases.append(sizes.tolist())
+    for sizes in cases:
+        d, s = build_exhaustive_blending_indices(sizes)
+        d_ref, s_ref = reference_exhaustive(sizes)
+        np.testing.assert_array_equal(d, d_ref, err_msg=f"sizes {sizes}")
+        np.testing.assert_array_equal(s, s_ref, err_msg=f"sizes {sizes}")
+
+
+def test_two_dataset_numpy_path_equals_reference():
+    """The NumPy formulation itself (blend_greedy.two_dataset_positions), on many two-dataset weightings including
+    exact ties (w = 1/2, 1/4, ...) and decimal weights whose float64 errors tie only nearly."""
+    rng = np.random.default_rng(13)
+    weights = [[0.5, 0.5], [0.25, 0.75], [0.75, 0.25], [0.3, 0.7], [0.7, 0.3], [0.1, 0.9], [0.6, 0.4], [0.45, 0.55],
+               [1 / 3, 2 / 3], [0.999, 0.001]] + [random_weights(rng, 2) for _ in range(30)]
+    for w in weights:
+        size = int(rng.integers(1, 6000))
+        got = blend_greedy.two_dataset_indices(w[0], w[1], size)
+        assert got is not None, w
+        d_ref, s_ref = reference_greedy(w, size)
+        np.testing.assert_array_equal(got[0], d_ref, err_msg=f"weights {w}, size {size}")
+        np.testing.assert_array_equal(got[1], s_ref, err_msg=f"weights {w}, size {size}")
+    for sizes in ([5, 5], [1, 1000], [299, 3], [17, 40], [64, 64]):
+        got = _two_exhaustive(sizes, [0, 1], sum(sizes))
+        assert got is not None
+        d_ref, s_ref = reference_exhaustive(sizes)
+        np.testing.assert_array_equal(got[0], d_ref, err_msg=f"sizes {sizes}")
+        np.testing.assert_array_equal(got[1], s_ref, err_msg=f"sizes {sizes}")
+    # a weight within a few float spacings of 1 breaks the monotonicity the proof needs: the path declines
+    assert blend_greedy.two_dataset_positions(1e-18, 1.0, 1000) is None
+
+
+def test_blending_helper_build_and_fallback(tmp_path, monkeypatch):
+    """The helper compiles into $MEGATRON_TF_CACHE under its source hash; a compiler that fails leaves the Python
+    loop, with the reason recorded."""
+    monkeypatch.setenv("MEGATRON_TF_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(blend_greedy, "_lib", None)
+    monkeypatch.setattr(blend_greedy, "_tried", False)
+    monkeypatch.setenv("CC", "false")  # a "compiler" that always fails
+    assert blend_greedy.load_library() is None
+    assert "false" in blend_greedy.library_error() and "failed" in blend_greedy.library_error()
+    assert not list((tmp_path / "cache").glob("*"))  # nothing half-written left behind
+    d, s = build_blending_indices([0.2, 0.3, 0.5], 500)  # Python loop
+    np.testing.assert_array_equal(d, reference_greedy([0.2, 0.3, 0.5], 500)[0])
+    monkeypatch.delenv("CC")
+    monkeypatch.setattr(blend_greedy, "_tried", False)
+    if blend_greedy.load_library() is None:
+        pytest.skip(f"no C compiler: {blend_greedy.library_error()}")
+    assert blend_greedy.library_path().parent == tmp_path / "cache" and blend_greedy.library_path().exists()
+
+
 @pytest.mark.megatron
 def test_blending_indices_equal_megatron_core():
     pytest.importorskip("megatron.core")
     from megatron.core.datasets import helpers
 
     rng = np.random.default_rng(0)
-    for n in (2, 3, 5):
+    for n in (2, 2, 3, 5, 60):
         for _ in range(3):
             w = rng.random(n) + 0.01
             w = (w / w.sum()).tolist()
-            size = int(rng.integers(100, 3000))
+            size = int(rng.integers(100, 200000 if n < 60 else 20000))
             d_ref = np.zeros(size, np.int16)
             s_ref = np.zeros(size, np.int64)
             helpers.build_blending_indices(d_ref, s_ref, np.array(w), n, size, False)
             d, s = build_blending_indices(w, size)
             np.testing.assert_array_equal(d, d_ref)
             np.testing.assert_array_equal(s, s_ref)
+            if n == 2:  # the NumPy formulation too
+                d, s = blend_greedy.two_dataset_indices(w[0], w[1], size)
+                np.testing.assert_array_equal(d, d_ref)
+                np.testing.assert_array_equal(s, s_ref)
     for w in ([0.5, 0.5], [0.25, 0.25, 0.5]):  # exact ties
         d_ref = np.zeros(1000, np.int16)
         s_ref = np.zeros(1000, np.int64)
         helpers.build_blending_indices(d_ref, s_ref, np.array(w), len(w), 1000, False)
         np.testing.assert_array_equal(build_blending_indices(w, 1000)[0], d_ref)
-    sizes = np.array([17, 5, 40], dtype=np.int64)
-    d_ref = np.zeros(62, np.int16)
-    s_ref = np.zeros(62, np.int64)
-    helpers.build_exhaustive_blending_indices(d_ref, s_ref, sizes, 3)
-    d, s = build_exhaustive_blending_indices(sizes.tolist())
-    np.testing.assert_array_equal(d, d_ref)
-    np.testing.assert_array_equal(s, s_ref)
+    for sizes in ([17, 5, 40], [3000, 7001], [1, 50000], *(rng.integers(1, 20000, n) for n in (2, 3, 9))):
+        sizes = np.asarray(sizes, dtype=np.int64)
+        d_ref = np.zeros(sizes.sum(), np.int16)
+        s_ref = np.zeros(sizes.sum(), np.int64)
+        helpers.build_exhaustive_blending_indices(d_ref, s_ref, sizes, len(sizes))
+        d, s = build_exhaustive_blending_indices(sizes.tolist())
+        np.testing.assert_array_equal(d, d_ref)
+        np.testing.assert_array_equal(s, s_ref)
+        if len(sizes) == 2:
+            d, s = _two_exhaustive(sizes.tolist(), [0, 1], int(sizes.sum()))
+            np.testing.assert_array_equal(d, d_ref)
+            np.testing.assert_array_equal(s, s_ref)
 
 
 @pytest.fixture(scope="module")
