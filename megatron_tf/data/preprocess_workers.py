@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..tokenizer.tokenizer import SentencePieceTokenizer, Tokenizer, build_tokenizer
+from ..tokenizer.bytelevel_cache import ByteLevelChunkEncoder, check_bytelevel_cache
+from ..tokenizer.tokenizer import HFTokenizer, SentencePieceTokenizer, Tokenizer, build_tokenizer
 from ..tokenizer.word_cache import WordCacheEncoder, check_word_cache
 from ..utils.jsonl import InputError, LineIssue, parse_line, split_lines
 
@@ -49,7 +50,7 @@ class BlockEncoder:
         self.fail_fast = on_bad_line == "fail"
         self.dtype = np.dtype(dtype)
         self.max_issues = max_issues
-        self._cache = WordCacheEncoder(_sp_model_bytes(tokenizer), threads) if word_cache else None
+        self._cache = build_word_cache(tokenizer, threads) if word_cache else None
 
     def encode_texts(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """(all tokens in the output dtype, tokens per text as int64)."""
@@ -142,16 +143,25 @@ def worker_encode(args: tuple[bytes, int]) -> BlockResult:
     return _WORKER.encode(*args)
 
 
-def _sp_model_bytes(tok: Tokenizer) -> bytes:
+def _model_bytes(tok: Tokenizer) -> bytes:
     with open(tok.path, "rb") as f:
         return f.read()
 
 
 def word_cache_status(tok: Tokenizer) -> str | None:
-    """None if the word cache applies to `tok` exactly (tokenizer/word_cache.py), else why not."""
-    if not isinstance(tok, SentencePieceTokenizer):
-        return f"{tok.type_name} is not SentencePiece"
-    return check_word_cache(_sp_model_bytes(tok))
+    """None if a word cache encodes `tok` exactly, else why not: SentencePiece BPE without pieces across spaces
+    (tokenizer/word_cache.py) or HF byte-level BPE with GPT-2's pre-tokenizer (tokenizer/bytelevel_cache.py)."""
+    if isinstance(tok, SentencePieceTokenizer):
+        return check_word_cache(_model_bytes(tok))
+    if isinstance(tok, HFTokenizer):
+        return check_bytelevel_cache(_model_bytes(tok).decode("utf-8"))
+    return f"{tok.type_name} has no word cache"
+
+
+def build_word_cache(tok: Tokenizer, threads: int = 1) -> WordCacheEncoder | ByteLevelChunkEncoder:
+    if isinstance(tok, HFTokenizer):
+        return ByteLevelChunkEncoder(_model_bytes(tok).decode("utf-8"))
+    return WordCacheEncoder(_model_bytes(tok), threads)
 
 
 def build_spec_tokenizer(spec: dict) -> Tokenizer:
