@@ -34,12 +34,13 @@ API
   heartbeat_s = min(5, timeout_s / 10) s). Leaving it destroys the group (and, on an exception, publishes the error,
   so the other ranks stop waiting at once and report it).
   - `publish(key, value)` / `fetch(key, src)`: a JSON value from one rank to all.
-  - `all_arrive(point, info) -> list`: a barrier with a payload.
+  - `all_arrive(point, info) -> list`: a barrier with a payload (gathered by gloo once all have arrived).
   - `fail(message)`: tell the others that this rank failed (done by __exit__ on an exception).
-  Every wait (fetch, all_arrive) polls the store and raises DistWorkError when a rank it waits for published an error
-  ("rank 1 failed: ..."), has not advanced its heartbeat for timeout_s seconds (died, its node lost), or the store
-  itself is unreachable (its host died). Waits have no overall limit otherwise: a rank that is alive and working may
-  take hours, one that is gone is noticed within timeout_s.
+  Every wait (fetch, all_arrive) polls the store and raises DistWorkError when a rank published an error
+  ("rank 1 failed: ..."), a watched rank has not advanced its heartbeat for timeout_s seconds (died, its node lost:
+  "rank 5 stopped responding ..."; rank 0 watches every rank it waits for and tells the others, the others watch
+  rank 0 and the rank they fetch from), or the store itself is unreachable (its host died). Waits have no overall
+  limit otherwise: a rank that is alive and working may take hours, one that is gone is noticed within timeout_s.
 - DistWorkError (a RuntimeError): every failure above; messages name the rank(s), host:port and the timeout.
 
 Keys live under "dist_work/<name>/<run_id>/<restart_count>/", so a torchrun restart or a second WorkGroup in the
@@ -167,6 +168,7 @@ class WorkGroup:
         self._thread: threading.Thread | None = None
         self._failed = False
         self._pg_here = False
+        self._pg = None  # the gloo group of all_arrive (None: the default group, created here)
 
     # ---- setup ---------------------------------------------------------------------------------------------------
     def _connect(self):
@@ -189,6 +191,7 @@ class WorkGroup:
             return self
         self._store = self._connect()
         self._set(f"joined/{self.env.rank}", {"host": socket.gethostname(), "pid": os.getpid()})
+        self._store_call(self._store.add, self.ns + "joined", 1)
         self._wait_joined()
         self._init_pg()
         self._thread = threading.Thread(target=self._heartbeat, name="dist_work-heartbeat", daemon=True)
@@ -197,12 +200,10 @@ class WorkGroup:
 
     def _wait_joined(self) -> None:
         end = time.monotonic() + self.timeout_s
-        keys = [self.ns + f"joined/{r}" for r in range(self.env.world_size)]
-        while True:
-            missing = [r for r, k in enumerate(keys) if not self._store_call(self._store.check, [k])]
-            if not missing:
-                return
+        while self._store_call(self._store.add, self.ns + "joined", 0) < self.env.world_size:
             if time.monotonic() > end:
+                missing = [r for r in range(self.env.world_size)
+                           if not self._store_call(self._store.check, [self.ns + f"joined/{r}"])]
                 raise DistWorkError(
                     f"rank {self.env.rank}: ranks {missing} of world size {self.env.world_size} did not join within "
                     f"{self.timeout_s:g} s (store {self.env.endpoint}): a rank or node did not start, died before "
@@ -212,11 +213,13 @@ class WorkGroup:
     def _init_pg(self) -> None:
         import torch.distributed as dist
 
-        if dist.is_available() and dist.is_initialized():
-            return  # the caller's group (e.g. a training job) is used as it is
         e = self.env
+        timeout = datetime.timedelta(seconds=self.timeout_s)
+        if dist.is_available() and dist.is_initialized():  # the caller's group (e.g. NCCL): a gloo one beside it
+            self._pg = dist.new_group(backend="gloo", timeout=timeout)
+            return
         dist.init_process_group("gloo", store=dist.PrefixStore(self.ns + "pg", self._store), rank=e.rank,
-                                world_size=e.world_size, timeout=datetime.timedelta(seconds=self.timeout_s))
+                                world_size=e.world_size, timeout=timeout)
         self._pg_here = True
 
     def _heartbeat(self) -> None:
@@ -272,12 +275,12 @@ class WorkGroup:
     def _get(self, key: str) -> Any:
         return json.loads(self._store_call(self._store.get, self.ns + key))
 
-    def fail(self, message: str) -> None:
+    def fail(self, message: str, _seen: bool = False) -> None:
         """Tell every rank that this one failed; their waits raise with `message`."""
         self._failed = True
         if self._store is None:
             return
-        self._set(f"error/{self.env.rank}", message)
+        self._set(f"error/{self.env.rank}", {"message": message, "seen": _seen})
         self._store_call(self._store.add, self.ns + "errors", 1)
 
     def _check_errors(self, errors_seen: list[int]) -> None:
@@ -287,30 +290,38 @@ class WorkGroup:
         errors_seen[0] = n
         for r in range(self.env.world_size):
             if r != self.env.rank and self._store_call(self._store.check, [self.ns + f"error/{r}"]):
-                raise DistWorkError(f"rank {r} failed: {self._get(f'error/{r}')}")
+                e = self._get(f"error/{r}")
+                raise DistWorkError(e["message"] if e["seen"] else f"rank {r} failed: {e['message']}")
 
-    def _wait_keys(self, keys: dict[int, str], what: str) -> None:
-        """Wait until rank r has set keys[r] for every r; a rank that has not must keep beating meanwhile."""
-        full = {r: self.ns + k for r, k in keys.items()}
-        beats = {r: (-1, time.monotonic()) for r in full if r != self.env.rank}
+    def _wait(self, done, watch: dict[int, str], what: str) -> None:
+        """Poll until done(). Meanwhile each rank in `watch` must either have set its key watch[r] or keep beating;
+        one that does neither for timeout_s is reported dead (to every rank, through the errors key)."""
+        me = self.env.rank
+        watch = {r: self.ns + k for r, k in watch.items() if r != me}
+        beats = {r: (-1, time.monotonic()) for r in watch}
         errors_seen = [0]
+        next_look = 0.0
         while True:
             self._check_errors(errors_seen)
-            pending = [r for r, k in full.items() if not self._store_call(self._store.check, [k])]
-            if not pending:
+            if done():
                 return
             now = time.monotonic()
-            for r in pending:
-                if r == self.env.rank:
-                    continue
-                hb = self._store_call(self._store.add, self.ns + f"hb/{r}", 0)
-                last, since = beats[r]
-                if hb != last:
-                    beats[r] = (hb, now)
-                elif now - since > self.timeout_s:
-                    raise DistWorkError(f"rank {self.env.rank}: rank {r} stopped responding (no heartbeat for "
-                                        f"{self.timeout_s:g} s) while waiting for {what}: it died or its node was "
-                                        "lost; relaunch the same command to resume")
+            if now >= next_look:  # heartbeats move every heartbeat_s: no need to look more often
+                next_look = now + min(self.heartbeat_s, 1.0)
+                for r in [r for r in watch if self._store_call(self._store.check, [watch[r]])]:
+                    del watch[r]
+                for r in watch:
+                    hb = self._store_call(self._store.add, self.ns + f"hb/{r}", 0)
+                    last, since = beats[r]
+                    if hb != last:
+                        beats[r] = (hb, now)
+                    elif now - since > self.timeout_s:
+                        msg = (f"rank {r} stopped responding (no heartbeat for {self.timeout_s:g} s; noticed by rank "
+                               f"{me} waiting for {what}): it died or its node was lost; relaunch the same command "
+                               "to resume")
+                        with contextlib.suppress(DistWorkError):
+                            self.fail(msg, _seen=True)
+                        raise DistWorkError(msg)
             time.sleep(POLL_S)
 
     # ---- the API ---------------------------------------------------------------------------------------------------
@@ -325,14 +336,29 @@ class WorkGroup:
         """The value rank `src` publishes under `key`; waits while `src` is alive."""
         if not self.env.distributed:
             return self._local[key]
+        k = f"val/{key}"
         if src != self.env.rank:
-            self._wait_keys({src: f"val/{key}"}, f"{key!r} from rank {src}")
-        return self._get(f"val/{key}")
+            self._wait(lambda: self._store_call(self._store.check, [self.ns + k]), {src: k},
+                       f"{key!r} from rank {src}")
+        return self._get(k)
 
     def all_arrive(self, point: str, info: Any = None) -> list:
-        """Barrier with a payload: every rank's `info`, in rank order, once all have arrived at `point`."""
+        """Barrier with a payload: every rank's `info` (picklable), in rank order, once all have arrived at `point`.
+        Rank 0 watches every rank that has not arrived, the others watch rank 0 (which tells them of a dead rank):
+        O(world size) store traffic, not its square. The payloads travel by one gloo all_gather once all are there."""
         if not self.env.distributed:
             return [info]
-        self._set(f"at/{point}/{self.env.rank}", info)
-        self._wait_keys({r: f"at/{point}/{r}" for r in range(self.env.world_size)}, f"all ranks at {point!r}")
-        return [self._get(f"at/{point}/{r}") for r in range(self.env.world_size)]
+        import torch.distributed as dist
+
+        me, world = self.env.rank, self.env.world_size
+        self._set(f"at/{point}/{me}", True)
+        self._store_call(self._store.add, self.ns + f"at/{point}", 1)
+        watch = {r: f"at/{point}/{r}" for r in range(world)} if me == 0 else {0: f"at/{point}/0"}
+        self._wait(lambda: self._store_call(self._store.add, self.ns + f"at/{point}", 0) >= world, watch,
+                   f"all ranks at {point!r}")
+        out: list = [None] * world
+        try:
+            dist.all_gather_object(out, info, group=self._pg)
+        except Exception as exc:  # a rank died right after arriving: gloo reports it (or times out)
+            raise DistWorkError(f"rank {me}: exchanging results at {point!r} failed (a rank died?): {exc}") from exc
+        return out

@@ -69,13 +69,15 @@ sys.path.insert(0, {repo!r})
 import torch.distributed as dist
 from megatron_tf.utils.dist_work import WorkGroup, partition, rank_env
 env = rank_env()
-with WorkGroup(env, timeout_s=20, name="t") as g:
+with WorkGroup(env, timeout_s=float(os.environ.get("TIMEOUT_S", "20")), name="t") as g:
     if env.rank == 0:
         g.publish("plan", {{"todo": list(range(7))}})
     todo = g.fetch("plan", src=0)["todo"]
     mine = partition(todo, env.rank, env.world_size)
     if os.environ.get("FAIL_RANK") == str(env.rank):
         raise ValueError("bad input on rank " + str(env.rank))
+    if os.environ.get("DIE_RANK") == str(env.rank):
+        os._exit(3)
     infos = g.all_arrive("labeled", {{"rank": env.rank, "items": mine}})
     assert dist.get_world_size() == env.world_size and dist.get_backend() == "gloo"
     print("RESULT " + json.dumps(infos), flush=True)
@@ -142,3 +144,15 @@ def test_pin_device_takes_local_rank_modulo_the_gpus(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(DistWorkError, match="rank 0: device cuda requested but CUDA is not available"):
         pin_device(RankEnv(), "cuda")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_dead_rank_is_named_to_every_rank_by_rank_0(tmp_path):
+    """Rank 2 exits without a word after joining: rank 0 (watching every rank) notices its heartbeat stop within the
+    timeout and tells rank 1 (which watches only rank 0)."""
+    results = _launch(tmp_path, 3, DIE_RANK="2", TIMEOUT_S="3")
+    assert results[2][0] == 3
+    for rc, _, err in results[:2]:
+        assert rc != 0 and "DistWorkError: rank 2 stopped responding (no heartbeat for 3 s; noticed by rank 0" in err, \
+            err[-2000:]
