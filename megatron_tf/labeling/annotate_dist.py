@@ -44,6 +44,21 @@ class RankSummary:
                 f"({rate}); rank 0 merged the sidecars; {self.seconds:.1f} s in all")
 
 
+def _runs(xs: list[int]) -> list[list[int]]:
+    """Sorted ints as [start, stop) runs: a fresh run's million chunks travel through the store as one pair."""
+    out: list[list[int]] = []
+    for x in xs:
+        if out and out[-1][1] == x:
+            out[-1][1] = x + 1
+        else:
+            out.append([x, x + 1])
+    return out
+
+
+def _expand(runs: list[list[int]]) -> list[int]:
+    return [x for a, b in runs for x in range(a, b)]
+
+
 def _key_diffs(mine: dict, theirs: dict) -> list[str]:
     return [f"{k}: rank 0 has {theirs.get(k)!r}, this rank has {mine.get(k)!r}"
             for k in sorted(set(mine) | set(theirs)) if mine.get(k) != theirs.get(k)]
@@ -65,7 +80,7 @@ def annotate_distributed(group: WorkGroup, prefix: str, labeler, tokenizer, *, n
                 raise ValueError("--merge-only runs in one process: launch it without torchrun")
             plan = A._plan(prefix, labeler, tokenizer, name=name, doc_frac_threshold=doc_frac_threshold,
                            chunk_docs=chunk_docs, restart=restart)
-            group.publish("plan", {"key": plan.key, "todo": plan.todo})
+            group.publish("plan", {"key": plan.key, "todo": _runs(plan.todo)})
         else:
             plan = A._plan(prefix, labeler, tokenizer, name=name, doc_frac_threshold=doc_frac_threshold,
                            chunk_docs=chunk_docs, setup=False)
@@ -74,7 +89,7 @@ def annotate_distributed(group: WorkGroup, prefix: str, labeler, tokenizer, *, n
             if diffs:
                 raise ValueError(f"rank {env.rank} was launched with other settings or sees another dataset than "
                                  f"rank 0 ({'; '.join(diffs)}): every rank must get the same arguments and files")
-            plan.todo = p0["todo"]
+            plan.todo = _expand(p0["todo"])
         mine = partition(plan.todo, env.rank, env.world_size)
         log.info("rank %d of %d: labeling %d of the %d chunks still to do", env.rank, env.world_size, len(mine),
                  len(plan.todo))

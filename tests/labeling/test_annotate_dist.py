@@ -274,3 +274,11 @@ def test_slurm_example_launches_through_srun_and_torchrun_rendezvous(setup, monk
     assert rc == 0, err[-3000:]
     assert _sidecars(s["prefix"]) == ref
     assert "labeling, rank 1" in out
+
+
+def test_todo_travels_as_runs():
+    from megatron_tf.labeling.annotate_dist import _expand, _runs
+
+    assert _runs([0, 1, 2, 5, 6, 9]) == [[0, 3], [5, 7], [9, 10]] and _runs([]) == []
+    assert _runs(list(range(10**6))) == [[0, 10**6]]
+    assert _expand([[0, 3], [5, 7], [9, 10]]) == [0, 1, 2, 5, 6, 9]
