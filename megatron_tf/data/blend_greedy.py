@@ -5,10 +5,9 @@ The rule: at blend position s = 0, 1, ... pick the dataset i with the largest er
 (c_i = samples taken from i so far; the first i on ties), then c_i += 1.
 
 How (measured on the 2-core development machine, 1M samples; docs/performance.md):
-- a ~40-line C loop (the rule above, sample by sample), compiled on first use with the system C compiler (`$CC` or
-  `cc`, `-O2 -ffp-contract=off` so no FMA changes a rounding) and loaded with ctypes: no Python or torch headers;
-  cached under $MEGATRON_TF_CACHE or ~/.cache/megatron_tf keyed by the source hash, written to a temporary name and
-  renamed. Same speed as megatron-core's C++ (same loop). MEGATRON_TF_BLEND_NATIVE=0 turns it off.
+- a C loop (the rule above, sample by sample; data/native.py: compiled on first use with the system C compiler,
+  `-ffp-contract=off` so no FMA changes a rounding, loaded with ctypes, no Python or torch headers). Same speed as
+  megatron-core's C++ (same loop).
 - without a C compiler, two datasets (the common blend) use an exact vectorised NumPy formulation
   (`two_dataset_positions`, ~1.5-2x megatron-core's time: it needs ~5 passes over the output arrays where the loop
   needs one), and three or more datasets a Python loop (~0.15 us per sample and dataset; logged).
@@ -29,137 +28,13 @@ that fail move by one and are re-evaluated. Strictly increasing p_k completes th
 
 from __future__ import annotations
 
-import ctypes
-import hashlib
 import math
-import os
-import shutil
-import subprocess
-import tempfile
-from pathlib import Path
 
 import numpy as np
 
-from ..utils.logging import get_logger
-
-log = get_logger(__name__)
+from .native import load_library
 
 _CHUNK = 1 << 14  # positions per vectorised block (stays in L2)
-
-C_SOURCE = r"""
-#include <float.h>
-#include <stdint.h>
-#include <string.h>
-
-int mtf_blend_abi(void) { return 1; }
-
-void mtf_greedy_blend(const double *w, int32_t n, int64_t size, int16_t *didx, int64_t *sidx, int64_t *counts) {
-    for (int64_t s = 0; s < size; ++s) {
-        double sd = s > 1 ? (double)s : 1.0;
-        int32_t best = 0;
-        double best_err = w[0] * sd - (double)counts[0];
-        for (int32_t i = 1; i < n; ++i) {
-            double e = w[i] * sd - (double)counts[i];
-            if (e > best_err) { best = i; best_err = e; }
-        }
-        didx[s] = (int16_t)best;
-        sidx[s] = counts[best];
-        counts[best] += 1;
-    }
-}
-
-void mtf_greedy_exhaustive(const double *w, const int64_t *sizes, int32_t n, int64_t total, int16_t *didx,
-                           int64_t *sidx, int64_t *counts, int32_t *live) {
-    int32_t nlive = 0;
-    for (int32_t i = 0; i < n; ++i) if (sizes[i] > 0) live[nlive++] = i;
-    for (int64_t s = 0; s < total; ++s) {
-        double sd = s > 1 ? (double)s : 1.0;
-        int32_t bj = 0;
-        double be = -DBL_MAX;
-        for (int32_t j = 0; j < nlive; ++j) {
-            double e = w[live[j]] * sd - (double)counts[live[j]];
-            if (e > be) { be = e; bj = j; }
-        }
-        int32_t i = live[bj];
-        didx[s] = (int16_t)i;
-        sidx[s] = counts[i];
-        counts[i] += 1;
-        if (counts[i] == sizes[i]) {
-            memmove(live + bj, live + bj + 1, (size_t)(nlive - bj - 1) * sizeof(int32_t));
-            nlive -= 1;
-        }
-    }
-}
-"""
-
-_lib: ctypes.CDLL | None = None
-_lib_error: str | None = None
-_tried = False
-
-
-def library_path() -> Path:
-    digest = hashlib.sha256(C_SOURCE.encode()).hexdigest()[:16]
-    cache = Path(os.environ.get("MEGATRON_TF_CACHE", Path.home() / ".cache" / "megatron_tf"))
-    return cache / f"libblend_{digest}.so"
-
-
-def build_library(out: Path | None = None) -> Path:
-    """Compile C_SOURCE into a shared library (temporary name, then rename); returns its path."""
-    out = out or library_path()
-    if out.exists():
-        return out
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        probe = tempfile.NamedTemporaryFile(dir=out.parent)
-        probe.close()
-    except OSError:  # read-only home: build under the temporary directory instead
-        out = Path(tempfile.gettempdir()) / "megatron_tf" / out.name
-        if out.exists():
-            return out
-    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if not cc:
-        raise RuntimeError("no C compiler ($CC, cc, gcc) to build the blending helper")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
-        src, lib = os.path.join(tmp, "blend.c"), os.path.join(tmp, out.name)
-        with open(src, "w") as f:
-            f.write(C_SOURCE)
-        cmd = [cc, "-O2", "-fPIC", "-shared", "-ffp-contract=off", "-fno-fast-math", src, "-o", lib]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise RuntimeError(f"{' '.join(cmd)} failed (rc {proc.returncode}): {proc.stderr[-2000:]}")
-        os.replace(lib, out)
-    return out
-
-
-def load_library() -> ctypes.CDLL | None:
-    """The compiled helper (built on first use), or None (reason: library_error()); MEGATRON_TF_BLEND_NATIVE=0
-    forces the Python loop."""
-    global _lib, _lib_error, _tried
-    if _tried:
-        return _lib
-    _tried = True
-    try:
-        if os.environ.get("MEGATRON_TF_BLEND_NATIVE", "1") == "0":
-            raise RuntimeError("MEGATRON_TF_BLEND_NATIVE=0")
-        path = build_library()
-        lib = ctypes.CDLL(str(path))
-        if lib.mtf_blend_abi() != 1:
-            raise RuntimeError(f"{path}: unexpected ABI {lib.mtf_blend_abi()}")
-        p, i32, i64 = ctypes.c_void_p, ctypes.c_int32, ctypes.c_int64
-        lib.mtf_greedy_blend.argtypes = [p, i32, i64, p, p, p]
-        lib.mtf_greedy_exhaustive.argtypes = [p, p, i32, i64, p, p, p, p]
-        lib.mtf_greedy_blend.restype = lib.mtf_greedy_exhaustive.restype = None
-        _lib = lib
-    except Exception as e:  # noqa: BLE001 - the Python loop stays available
-        _lib_error = f"{type(e).__name__}: {e}"
-        log.warning("blending helper unavailable (%s): blending indices of 3+ datasets use a Python loop", _lib_error)
-    return _lib
-
-
-def library_error() -> str | None:
-    return _lib_error
-
 
 def _ptr(a: np.ndarray) -> int:
     return a.ctypes.data

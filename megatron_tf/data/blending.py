@@ -21,8 +21,9 @@ import numpy as np
 import torch
 
 from ..utils.logging import get_logger
-from .blend_greedy import exhaustive_loop, greedy_loop, load_library, two_dataset_indices
+from .blend_greedy import exhaustive_loop, greedy_loop, two_dataset_indices
 from .index_cache import load_or_build
+from .native import load_library
 
 log = get_logger(__name__)
 

@@ -27,6 +27,7 @@ import torch
 from ..utils.logging import get_logger
 from .index_cache import array_digest, load_or_build
 from .indexed_dataset import IndexedDataset
+from .native import load_library
 from .reverse import reversed_ranges
 
 log = get_logger(__name__)
@@ -68,15 +69,32 @@ def build_sample_index(sizes: np.ndarray, doc_index: np.ndarray, seq_length: int
                        tokens_per_epoch: int) -> np.ndarray:
     """[N + 1, 2] (document-index position, offset) of stream token j * seq_length, j = 0..N (see module doc).
 
-    Vectorised per chunk of documents: ends = cumsum(document lengths in stream order); the document holding stream
-    token p is the first with end > p (searchsorted side="right", which also skips empty documents like the C++ loop).
+    megatron-core's loop in C (data/native.py mtf_sample_index: one pass over the documents, ~2.5x faster than the
+    NumPy formulation on the 2-core development machine), or without a C compiler `sample_index_numpy`.
     """
     num_samples = (num_epochs * tokens_per_epoch - 1) // seq_length
     if num_samples < 1:
         raise ValueError(f"not enough tokens for one sample: {num_epochs} epoch(s) x {tokens_per_epoch} tokens, "
                          f"seq_length {seq_length} needs at least {seq_length + 1}")
     big = max(len(doc_index), int(np.max(sizes))) > np.iinfo(np.int32).max  # megatron's int32/int64 choice
-    out = np.empty((num_samples + 1, 2), dtype=np.int64 if big else np.int32)
+    lib = load_library()
+    if lib is None:
+        return sample_index_numpy(sizes, doc_index, seq_length, num_samples, np.int64 if big else np.int32)
+    sizes32 = np.ascontiguousarray(sizes, dtype=np.int32)
+    docs32 = np.ascontiguousarray(doc_index, dtype=np.int32)
+    out = np.empty((num_samples + 1, 2), dtype=np.int64)
+    if lib.mtf_sample_index(sizes32.ctypes.data, docs32.ctypes.data, len(docs32), seq_length, num_samples,
+                            out.ctypes.data) != 0:
+        raise AssertionError(f"sample index ran out of documents before entry {num_samples}")
+    return out if big else out.astype(np.int32)
+
+
+def sample_index_numpy(sizes: np.ndarray, doc_index: np.ndarray, seq_length: int, num_samples: int,
+                       dtype) -> np.ndarray:
+    """build_sample_index vectorised per chunk of documents: ends = cumsum(document lengths in stream order); the
+    document holding stream token p is the first with end > p (searchsorted side="right", which also skips empty
+    documents like the C++ loop)."""
+    out = np.empty((num_samples + 1, 2), dtype=dtype)
     sizes = np.asarray(sizes)
     j, carry = 0, 0  # next entry to place; stream tokens before the chunk
     # Chunks of the document index small enough to stay in cache (one pass over 6M documents in one piece is

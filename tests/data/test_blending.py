@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from megatron_tf.data import blend_greedy
+from megatron_tf.data import blend_greedy, native
 from megatron_tf.data.blending import (
     _two_exhaustive,
     build_blending_indices,
@@ -110,10 +110,10 @@ def greedy_path(request, monkeypatch):
     """Run a test with the compiled helper and again with the no-compiler path (NumPy for two datasets, the library's
     Python loop for more)."""
     if request.param == "python":
-        monkeypatch.setattr(blend_greedy, "_lib", None)
-        monkeypatch.setattr(blend_greedy, "_tried", True)
-    elif blend_greedy.load_library() is None:
-        pytest.skip(f"no C compiler: {blend_greedy.library_error()}")
+        monkeypatch.setattr(native, "_lib", None)
+        monkeypatch.setattr(native, "_tried", True)
+    elif native.load_library() is None:
+        pytest.skip(f"no C compiler: {native.library_error()}")
     return request.param
 
 
@@ -168,25 +168,6 @@ def test_two_dataset_numpy_path_equals_reference():
         np.testing.assert_array_equal(got[1], s_ref, err_msg=f"sizes {sizes}")
     # a weight within a few float spacings of 1 breaks the monotonicity the proof needs: the path declines
     assert blend_greedy.two_dataset_positions(1e-18, 1.0, 1000) is None
-
-
-def test_blending_helper_build_and_fallback(tmp_path, monkeypatch):
-    """The helper compiles into $MEGATRON_TF_CACHE under its source hash; a compiler that fails leaves the Python
-    loop, with the reason recorded."""
-    monkeypatch.setenv("MEGATRON_TF_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(blend_greedy, "_lib", None)
-    monkeypatch.setattr(blend_greedy, "_tried", False)
-    monkeypatch.setenv("CC", "false")  # a "compiler" that always fails
-    assert blend_greedy.load_library() is None
-    assert "false" in blend_greedy.library_error() and "failed" in blend_greedy.library_error()
-    assert not list((tmp_path / "cache").glob("*"))  # nothing half-written left behind
-    d, s = build_blending_indices([0.2, 0.3, 0.5], 500)  # Python loop
-    np.testing.assert_array_equal(d, reference_greedy([0.2, 0.3, 0.5], 500)[0])
-    monkeypatch.delenv("CC")
-    monkeypatch.setattr(blend_greedy, "_tried", False)
-    if blend_greedy.load_library() is None:
-        pytest.skip(f"no C compiler: {blend_greedy.library_error()}")
-    assert blend_greedy.library_path().parent == tmp_path / "cache" and blend_greedy.library_path().exists()
 
 
 @pytest.mark.megatron

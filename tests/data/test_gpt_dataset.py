@@ -25,9 +25,14 @@ def brute_sample_index(sizes, doc_index, seq_length, num_samples):
 
 
 @pytest.mark.parametrize("seed", range(6))
-@pytest.mark.parametrize("chunk", [1 << 16, 3])  # 3: many document chunks, entries falling on chunk edges
-def test_sample_index_matches_brute_force(seed, chunk, monkeypatch):
-    monkeypatch.setattr(G, "_CHUNK_DOCS", chunk)
+@pytest.mark.parametrize("path", ["native", "numpy", "numpy-chunk3"])  # 3: entries falling on chunk edges
+def test_sample_index_matches_brute_force(seed, path, monkeypatch):
+    if path == "native" and G.load_library() is None:
+        pytest.skip("no C compiler for data/native.py")
+    if path != "native":
+        monkeypatch.setattr(G, "load_library", lambda: None)
+    if path == "numpy-chunk3":
+        monkeypatch.setattr(G, "_CHUNK_DOCS", 3)
     rng = np.random.default_rng(seed)
     n_docs = int(rng.integers(1, 30))
     sizes = rng.integers(1, 60, n_docs).astype(np.int32)
