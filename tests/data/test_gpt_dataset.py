@@ -216,3 +216,19 @@ def test_too_little_data_is_a_clear_error(tmp_path):
     prefix, _ = make_prefix(tmp_path, "d", [np.array([1, 2, 3])])
     with pytest.raises(ValueError, match="not enough tokens"):
         build_gpt_datasets(_cfg(prefix, tmp_path, seq_length=8), FilterConfig(), tokenizer(), [None, None, None])
+
+
+def test_cache_rebuilds_unreadable_arrays(tmp_path):
+    """Description in place but an array truncated (a crash on a filesystem that lost the data): rebuilt, same
+    indices, no error."""
+    rng = np.random.default_rng(5)
+    prefix, _ = make_prefix(tmp_path, "d", random_docs(rng, 20))
+    cfg = _cfg(prefix, tmp_path)
+    ds = build_gpt_datasets(cfg, FilterConfig(), tokenizer(), [30, None, None]).train
+    paths, desc = cache_paths(cfg.data_cache_path, "gpt", ds.description,
+                              ("document_index", "sample_index", "shuffle_index"))
+    with open(paths["shuffle_index"], "r+b") as f:
+        f.truncate(20)  # inside the .npy header
+    ds2 = build_gpt_datasets(cfg, FilterConfig(), tokenizer(), [30, None, None]).train
+    np.testing.assert_array_equal(ds.shuffle_index, ds2.shuffle_index)
+    np.testing.assert_array_equal(np.load(paths["shuffle_index"], allow_pickle=False), ds.shuffle_index)
