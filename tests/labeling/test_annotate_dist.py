@@ -251,29 +251,44 @@ def test_without_torchrun_a_rank_that_never_joins_is_named(setup):
     assert rc == 1 and "cannot reach the job's store at 127.0.0.1:" in err and "rank 0, which hosts it" in err, err
 
 
-def test_slurm_example_launches_through_srun_and_torchrun_rendezvous(setup, monkeypatch, capsys):
-    """examples/slurm_annotate.sh on one node with stand-ins for srun (runs its command) and scontrol (this host):
-    the c10d rendezvous path of a multi-node launch, with the requeue-stable --rdzv-id; same sidecars as one
-    process."""
-    s = setup
-    ref = _one_process_reference(s, monkeypatch, capsys)
+def _slurm(s, **env):
+    """examples/slurm_annotate.sh on this host with stand-ins for srun (runs its command once: one node) and
+    scontrol (this host)."""
     bindir = s["tmp"] / "bin"
-    bindir.mkdir()
+    bindir.mkdir(exist_ok=True)
     (bindir / "scontrol").write_text("#!/bin/sh\necho 127.0.0.1\n")
     (bindir / "srun").write_text("#!/bin/sh\nshift\nexec \"$@\"\n")  # drops --kill-on-bad-exit=1
     (bindir / "torchrun").write_text(f"#!/bin/sh\nexec {sys.executable} -m torch.distributed.run \"$@\"\n")
     for f in ("scontrol", "srun", "torchrun"):
         os.chmod(bindir / f, 0o755)
-    env = _env(s, PATH=f"{bindir}:{os.environ['PATH']}", SLURM_SUBMIT_DIR=REPO, SLURM_NNODES="1",
-               SLURM_JOB_ID="4711", SLURM_JOB_NODELIST="localhost", MASTER_PORT=str(_free_port()),
-               DATA_PREFIX=s["prefix"], TOKENIZER_MODEL=s["model"], LABELER="blocklist", TERMS=s["terms"],
-               NPROC_PER_NODE="2", CHUNK_DOCS=str(CHUNK_DOCS), EXTRA_ARGS="--write-mask-threshold 0.5")
+    env = _env(s, PATH=f"{bindir}:{os.environ['PATH']}", SLURM_SUBMIT_DIR=REPO, SLURM_JOB_ID="4711",
+               SLURM_JOB_NODELIST="localhost", MASTER_PORT=str(_free_port()), DATA_PREFIX=s["prefix"],
+               TOKENIZER_MODEL=s["model"], LABELER="blocklist", TERMS=s["terms"], NPROC_PER_NODE="2",
+               CHUNK_DOCS=str(CHUNK_DOCS), EXTRA_ARGS="--write-mask-threshold 0.5", **env)
     proc = subprocess.Popen(["bash", os.path.join(REPO, "examples", "slurm_annotate.sh")], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    rc, out, err = _finish(proc)
+    return _finish(proc)
+
+
+def test_slurm_example_launches_through_srun_and_torchrun_rendezvous(setup, monkeypatch, capsys):
+    """The c10d rendezvous path of a multi-node launch (one node here), with the requeue-stable --rdzv-id; same
+    sidecars as one process."""
+    s = setup
+    ref = _one_process_reference(s, monkeypatch, capsys)
+    rc, out, err = _slurm(s, SLURM_NNODES="1")
     assert rc == 0, err[-3000:]
     assert _sidecars(s["prefix"]) == ref
     assert "labeling, rank 1" in out
+
+
+def test_slurm_example_fails_when_a_node_never_joins(setup):
+    """SLURM_NNODES=2 but only this node starts: torchrun's rendezvous gives up after JOIN_TIMEOUT s; no rank ran."""
+    s = setup
+    t0 = time.monotonic()
+    rc, out, err = _slurm(s, SLURM_NNODES="2", JOIN_TIMEOUT="4")
+    assert rc != 0 and "RendezvousTimeoutError" in err, err[-3000:]
+    assert time.monotonic() - t0 < 90
+    assert not os.path.exists(work_dir_for(s["prefix"], "forget"))
 
 
 def test_todo_travels_as_runs():
