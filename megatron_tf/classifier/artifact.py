@@ -1,7 +1,9 @@
 """The classifier artifact: one directory holding the two LMs, the probe and a JSON config. Nothing is pickled.
 
     DIR/config.json              format, feature spec (layer, window, context), model configs, probe config,
-                                 tokenizer identity, operating threshold, training report, sha256 of every file
+                                 tokenizer identity, operating threshold, training report, the teacher labels
+                                 ("teacher": annotation name, threshold, the labeler's describe(); null when
+                                 unknown), sha256 of every file
     DIR/forward_lm.safetensors   the forward LM's full state dict (TP/PP shards merged), fp32
     DIR/reversed_lm.safetensors  the reversed LM's (absent for a forward-only classifier)
     DIR/probe.safetensors        mean, std and head weights of the probe (probe.py)
@@ -77,8 +79,10 @@ def _tensors(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def save_classifier(out_dir: str, *, forward_lm: LMSpec, reversed_lm: LMSpec | None, probe: Probe, layer: int,
                     window: int, context: int, tokenizer, threshold: float | None = None,
-                    base_rate: float | None = None, report: dict | None = None, overwrite: bool = False) -> str:
-    """Write the artifact directory atomically; returns its path."""
+                    base_rate: float | None = None, report: dict | None = None, overwrite: bool = False,
+                    teacher: dict | None = None) -> str:
+    """Write the artifact directory atomically; returns its path. `teacher`: the labels the probe was trained on
+    (train.teacher_labels; config.json "teacher", null when unknown)."""
     out_dir = os.path.abspath(out_dir)
     if os.path.exists(out_dir) and not overwrite:
         raise ArtifactError(f"{out_dir} exists (pass overwrite=True / --overwrite to replace it)")
@@ -116,6 +120,7 @@ def save_classifier(out_dir: str, *, forward_lm: LMSpec, reversed_lm: LMSpec | N
         cfg["threshold"] = threshold
         cfg["base_rate"] = base_rate
         cfg["report"] = report or {}
+        cfg["teacher"] = teacher
         cfg["files"] = files
         with open(os.path.join(tmp, "config.json"), "w", encoding="utf-8") as f:
             json.dump(cfg, f, indent=1, sort_keys=True)

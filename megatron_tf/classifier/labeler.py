@@ -129,7 +129,7 @@ class ClassifierLabeler:
                 "features": c["features"], "layer": c["layer"], "window": c["window"], "context": c["context"],
                 "probe": c["probe"]["kind"], "device_type": self.device_type, "dtype": self.dtype,
                 "batch_tokens": self.batch_tokens, "group_tokens": self.group_tokens,
-                "calibration": self.calibration}
+                "calibration": self.calibration, "teacher": self.config.get("teacher")}
 
     # ---- labeling ----------------------------------------------------------------------------------------------
     def score_documents(self, docs: list[np.ndarray]) -> list[np.ndarray]:

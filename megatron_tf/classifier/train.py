@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -131,6 +132,29 @@ def _row(layer: int, m: dict) -> dict:
             "natural_ap": m["natural"]["average_precision"]}
 
 
+def teacher_labels(prefixes: list[str], name: str, threshold: float) -> dict:
+    """The labels the probe is trained on, for the artifact (config.json "teacher"): {"name": annotation name,
+    "threshold", "labeler": the labeler describe() stored in the sidecar headers of `name` beside the training
+    prefixes (annotate writes it; e.g. a blocklist's terms_sha256, terms_split, split_seed)}. Prefixes whose sidecars
+    carry different describe()s give "labeler": "mixed" and the describe()s under "per_prefix"; none found: None.
+    The evaluation (evaluation/labels.py) uses it to tell whether a run filtered by this classifier is evaluated with
+    labels its teacher shares (privileged)."""
+    from ..data.sidecar import KIND_TOKEN_MASK, KIND_TOKEN_SCORES, read_header, sidecar_path
+
+    found = {}
+    for p in prefixes:
+        for kind in (KIND_TOKEN_SCORES, KIND_TOKEN_MASK):
+            path = sidecar_path(p, kind, name)
+            if os.path.isfile(path):
+                found[p] = read_header(path).metadata.get("labeler")
+                break
+    descs = list(found.values())
+    rec = {"name": name, "threshold": float(threshold)}
+    if descs and all(d == descs[0] for d in descs) and len(found) == len(prefixes):
+        return {**rec, "labeler": descs[0]}
+    return {**rec, "labeler": "mixed" if descs else None, "per_prefix": found}
+
+
 def _best(rows: list[dict]) -> dict:
     return max(rows, key=lambda r: (round(r["balanced_f1"], 12), -r["layer"]))
 
@@ -201,7 +225,8 @@ def train_classifier(cfg: TrainClassifierConfig) -> dict:
     report = {"config": asdict(cfg), "window": window, "context": context, "layers": layers, "base_rate": base_rate,
               "train_tokens_sampled": int(train.labels.size), "train_positives_sampled": int(train.labels.sum()),
               "valid_tokens_sampled": int(valid.labels.size), "valid_positives_sampled": int(valid.labels.sum()),
-              "sweep": sweep, "feature_seconds": t_feat}
+              "sweep": sweep, "feature_seconds": t_feat,
+              "teacher": teacher_labels(cfg.train_data, cfg.label_name, cfg.label_threshold)}
 
     outputs = [("bidirectional" if rev is not None else "forward", cfg.output, rev)]
     if cfg.forward_only_output and rev is not None:
@@ -215,7 +240,8 @@ def train_classifier(cfg: TrainClassifierConfig) -> dict:
                "seconds": time.time() - t0}
         save_classifier(out, forward_lm=fwd, reversed_lm=rlm, probe=fit.probe, layer=best["layer"], window=window,
                         context=context, tokenizer=tok, threshold=m["balanced"]["threshold"], base_rate=base_rate,
-                        report=json.loads(json.dumps(rep)), overwrite=cfg.overwrite)
+                        report=json.loads(json.dumps(rep)), overwrite=cfg.overwrite,
+                        teacher=json.loads(json.dumps(report["teacher"])))
         log.info("%s classifier: layer %d, valid balanced F1 %.4f at threshold %.4f -> %s", name, best["layer"],
                  m["balanced"]["f1"], m["balanced"]["threshold"], out)
         if name == outputs[0][0]:

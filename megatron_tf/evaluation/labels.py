@@ -14,6 +14,9 @@ privileged(filter, eval):
                                                                     not detected: best effort)
     blocklist, same file: both split with the same seed and N and a different part K (--terms-split K/N) -> False,
                           anything else (no split on either side, other seed or N: the parts overlap) -> True
+    classifier (the filter's or the evaluation's): the same spec -> True; otherwise its labels derive from its
+                          teacher's (the labels it was trained on, config.json "teacher" in the spec): compared
+                          through the teacher with these rules; teacher not recorded (an older artifact) -> None
     other labelers: same spec                                     -> True, else False
     filter labeler unknown (its sidecars were not found): True when the annotation names are equal (conservative),
                           else None (unknown).
@@ -106,6 +109,30 @@ def _any(values) -> bool | None:
     return True if any(v is True for v in vals) else (None if None in vals else False)
 
 
+def _teacher(rec: dict) -> dict | None:
+    """The labels record of a classifier record's teacher (its describe()'s "teacher", from the artifact's
+    config.json), None when not recorded."""
+    t = (rec.get("spec") or {}).get("teacher")
+    if not isinstance(t, dict) or t.get("labeler") is None:
+        return None
+    if t["labeler"] == "mixed":
+        per = {p: labels_record(t.get("name"), d) for p, d in (t.get("per_prefix") or {}).items()}
+        return {"name": t.get("name"), "labeler": "mixed", "spec": None, "per_prefix": per, "per_path": per}
+    return labels_record(t.get("name"), t["labeler"])
+
+
+def _via_teacher(filter_labels: dict, eval_labels: dict) -> bool | None:
+    """privileged() when either side is a classifier: the same classifier, else compared through the teacher."""
+    if filter_labels["labeler"] == eval_labels.get("labeler") and \
+            (filter_labels.get("spec") or {}) == (eval_labels.get("spec") or {}):
+        return True
+    if filter_labels["labeler"] == "classifier":
+        t = _teacher(filter_labels)
+        return None if t is None else privileged(t, eval_labels)
+    t = _teacher(eval_labels)
+    return None if t is None else privileged(filter_labels, t)
+
+
 def privileged(filter_labels: dict | None, eval_labels: dict | None) -> bool | None:
     """Module docstring."""
     if not filter_labels or not eval_labels:
@@ -116,6 +143,8 @@ def privileged(filter_labels: dict | None, eval_labels: dict | None) -> bool | N
         return True if filter_labels.get("name") == eval_labels.get("name") else None
     if filter_labels.get("labeler") == "mixed":
         return _any(privileged(r, eval_labels) for r in filter_labels.get("per_prefix", {}).values())
+    if "classifier" in (filter_labels["labeler"], eval_labels.get("labeler")):
+        return _via_teacher(filter_labels, eval_labels)
     if filter_labels["labeler"] != eval_labels.get("labeler"):
         return False
     fs, es = filter_labels.get("spec") or {}, eval_labels.get("spec") or {}

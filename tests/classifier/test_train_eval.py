@@ -14,7 +14,7 @@ import pytest
 
 from megatron_tf.classifier.artifact import read_config
 from megatron_tf.classifier.evaluate import EvalClassifierConfig, evaluate_classifiers, format_report
-from megatron_tf.classifier.train import TrainClassifierConfig, format_sweep, train_classifier
+from megatron_tf.classifier.train import TrainClassifierConfig, format_sweep, teacher_labels, train_classifier
 from megatron_tf.classifier.train import main as train_main
 from megatron_tf.data.indexed_dataset import write_dataset
 from megatron_tf.data.sidecar import write_token_scores
@@ -71,6 +71,9 @@ def test_train_then_evaluate(setup, capsys):
     assert read_config(fo)["features"] == "forward"
     assert 0.1 < cfg["base_rate"] < 0.2  # 10 of 61 content ids, eods unlabeled
     assert "chosen: bidirectional" in format_sweep(rep)
+    # the teacher labels are recorded (the sidecar header's labeler, as annotate stores its describe())
+    assert cfg["teacher"] == rep["teacher"] == {"name": "forget", "threshold": 0.5, "labeler": "planted ids < 10"}
+    assert read_config(fo)["teacher"] == cfg["teacher"]
 
     ev = evaluate_classifiers(EvalClassifierConfig(classifier=[out, fo], data=[held], sidecar_baseline=["forget",
                                                    "half"], novel_from="half", output=str(tmp / "ev")))
@@ -88,6 +91,16 @@ def test_train_then_evaluate(setup, capsys):
     with open(tmp / "ev" / "report.json") as f:
         assert json.load(f)["scorers"]["cls"]["auroc"] == s["cls"]["auroc"]
     assert "calibration of cls" in format_report(ev)
+
+
+def test_teacher_labels_from_the_sidecar_headers(tmp_path):
+    a, b = _data(tmp_path / "a", 3, 0), _data(tmp_path / "b", 3, 1)
+    assert teacher_labels([a, b], "half", 0.25) == {"name": "half", "threshold": 0.25, "labeler": "planted ids < 5"}
+    ds = write_dataset(str(tmp_path / "c"), [np.array([1, 2, EOD])], dtype=np.uint16)
+    write_token_scores(ds, np.zeros(3, np.uint8), {"labeler": {"labeler": "blocklist", "terms_split": "1/2"}})
+    mixed = teacher_labels([a, ds.path_prefix], "forget", 0.5)
+    assert mixed["labeler"] == "mixed" and mixed["per_prefix"] == {
+        a: "planted ids < 10", ds.path_prefix: {"labeler": "blocklist", "terms_split": "1/2"}}
 
 
 @pytest.mark.slow

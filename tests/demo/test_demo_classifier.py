@@ -85,3 +85,58 @@ def test_training_filters_read_the_classifier_annotation(tmp_path, demo_dir, bia
         # document: every token forget -> every document dropped (reported, not an error); none forget -> kept
         assert rows[("document", dom)].get("all_dropped", False) == (bias > 0)
     assert ("every document dropped" in format_filter_table(summary)) == (bias > 0)
+
+
+TINY_LM = {"num_layers": 1, "hidden_size": 32, "num_attention_heads": 2, "seq_length": 64, "micro_batch_size": 4,
+           "train_tokens": 2048, "lr": 3e-3, "split": "50,50,0"}  # 12 documents per domain: 2% would be none
+
+
+@pytest.mark.slow
+def test_classifier_run_held_out_terms_protocol(tmp_path, demo_dir):
+    """classifier_run on the tiny corpus: the classifier is taught blocklist half 1/2 (annotation `forget`), its
+    artifact records that teacher, the evaluation labels (half 2/2) are independent of it for evaluation/labels.py
+    while half 1/2 is privileged, and the held-out evaluation's `novel` tokens are exactly those half 2/2 marks and
+    half 1/2 does not (counted here with the blocklist labelers themselves, not the sidecars)."""
+    from megatron_tf.classifier.artifact import read_config
+    from megatron_tf.classifier.labeler import ClassifierLabeler
+    from megatron_tf.demo import classifier_run as cr
+    from megatron_tf.demo.data_stage import DemoData
+    from megatron_tf.evaluation.labels import labels_record, privileged, sidecar_labeler
+    from megatron_tf.labeling.blocklist import BlocklistLabeler
+
+    out, res = str(tmp_path / "run"), str(tmp_path / "results")
+    summary = cr.run(out, results=res, demo_dir=demo_dir, lm=TINY_LM)
+    assert summary["labels"]["teacher"]["terms_split"] == "1/2"
+    assert summary["labels"]["heldout"]["terms_split"] == "2/2"
+    assert sorted(os.listdir(res)) == sorted(cr.RESULT_FILES.values())
+    data = prepare_demo_data(os.path.join(out, "data"), demo_dir=demo_dir, progress=False, terms_split="1/2",
+                             probe=False)  # everything exists: only opens
+    teacher_desc, _ = sidecar_labeler(data.train["medical"], "forget")
+    for name in ("cls_bilm", "cls_forward", "cls_bilm_mlp"):
+        assert read_config(os.path.join(out, name))["teacher"] == {"name": "forget", "threshold": 0.5,
+                                                                   "labeler": teacher_desc}
+    # a run filtered by this classifier: eval labels 2/2 independent, 1/2 (its teacher's) privileged
+    filt = labels_record("cls", ClassifierLabeler(os.path.join(out, "cls_bilm"), device="cpu").describe())
+    held_desc, _ = sidecar_labeler(data.heldout["medical"], "heldout_terms")
+    assert privileged(filt, labels_record("heldout_terms", held_desc)) is False
+    assert privileged(filt, labels_record("forget", teacher_desc)) is True
+    # novel tokens: marked by half 2/2, not by half 1/2, over the three held-out prefixes
+    tok = build_tokenizer("SentencePieceTokenizer", data.tokenizer_model)
+    terms = os.path.join(demo_dir, "medical_terms.txt")
+    h1, h2 = (BlocklistLabeler.from_file(terms, tok, terms_split=s) for s in ("1/2", "2/2"))
+    novel = 0
+    for prefix in data.heldout.values():
+        ds = IndexedDataset(prefix)
+        offs = ds.document_token_offsets()
+        docs = [np.asarray(ds.tokens(int(offs[i]), int(offs[i + 1])), np.int64) for i in range(ds.num_documents)]
+        novel += sum(int(((b >= 0.5) & (a < 0.5)).sum())
+                     for a, b in zip(h1.score_documents(docs), h2.score_documents(docs)))
+    assert novel > 0  # "patient", "insulin" are in half 2/2, "diabetes" in half 1/2
+    for scorer in ("cls_bilm", "cls_forward", "sidecar:forget"):
+        assert summary["eval_heldout_terms"][scorer]["novel"]["tokens"] == novel
+    assert "novel" not in summary["eval_filter_labels"]["cls_bilm"]
+    # a data directory annotated under another protocol is refused, naming the sidecar
+    stale = DemoData(**{**data.__dict__, "terms_split": "1/3"})
+    with pytest.raises(ValueError, match=r"train_medical_text_document\.forget\.tokscores: annotation 'forget' was "
+                                         r"made with blocklist terms_split '1/2', this protocol needs '1/3'"):
+        cr.check_labels(stale)

@@ -137,3 +137,37 @@ def test_filter_labels_from_a_weighted_blend_and_a_configs_object(data):
     assert rec["spec"]["terms_split"] == "2/2" and rec["spec"]["split_seed"] == 0 and "terms_file" not in rec["spec"]
     gone = filter_labels_from_configs({"filter": {"token_filter": "mask"}, "data": {"data_path": ["/nowhere/x"]}})
     assert gone["labeler"] is None and "no sidecar of annotation 'forget'" in gone["note"]
+
+
+def test_classifier_labels_are_compared_through_their_teacher():
+    """A classifier's labels derive from its teacher's (the artifact's config.json "teacher", in its describe()): a
+    run filtered by a classifier taught on blocklist half 1/2 is privileged under eval labels 1/2 or the whole list,
+    not under half 2/2; a classifier without a recorded teacher gives None (unknown), never False."""
+    def block(**split):
+        return {"labeler": "blocklist", "terms_file": "t.txt", "terms_sha256": "a", "plurals": True, **split}
+
+    h1, h2 = block(terms_split="1/2", split_seed=0), block(terms_split="2/2", split_seed=0)
+
+    def cls(teacher_desc, sha="c1"):
+        teacher = None if teacher_desc is None else {"name": "forget", "threshold": 0.5, "labeler": teacher_desc}
+        return labels_record("cls", {"labeler": "classifier", "artifact": "/x", "config_sha256": sha, "layer": 2,
+                                     "batch_tokens": 16384, "teacher": teacher})
+
+    taught_h1 = cls(h1)
+    assert privileged(taught_h1, labels_record("forget", h1)) is True
+    assert privileged(taught_h1, labels_record("all", block())) is True
+    assert privileged(taught_h1, labels_record("heldout_terms", h2)) is False
+    assert privileged(taught_h1, taught_h1) is True  # the classifier's own labels
+    # another classifier: privileged iff the teachers' labels are
+    assert privileged(taught_h1, cls(h1, sha="c2")) is True and privileged(taught_h1, cls(h2, sha="c2")) is False
+    # the other way round: a blocklist filter evaluated with a classifier's labels
+    assert privileged(labels_record("forget", h1), taught_h1) is True
+    assert privileged(labels_record("forget", h2), taught_h1) is False
+    # an artifact that predates the teacher record: unknown, not "independent"
+    assert privileged(cls(None), labels_record("heldout_terms", h2)) is None
+    assert privileged(labels_record("forget", h1), cls(None)) is None
+    # a teacher annotated differently on different prefixes: privileged when any prefix's labels are
+    mixed = labels_record("cls", {"labeler": "classifier", "config_sha256": "c3", "teacher": {
+        "name": "forget", "labeler": "mixed", "per_prefix": {"p1": h1, "p2": block(terms_sha256="b")}}})
+    assert privileged(mixed, labels_record("forget", h1)) is True
+    assert privileged(mixed, labels_record("heldout_terms", h2)) is False
