@@ -459,18 +459,23 @@ class _Run:
         }
 
     def _rename_into_place(self) -> None:
-        """bin, then meta, then idx; idempotent so that a kill in between is finished by the next run."""
         for o in self.outputs:
-            final = _final_files(o.final_prefix)
-            work = [o.work_prefix + ".bin", o.work_prefix + ".meta.json", o.work_prefix + ".idx"]
-            if os.path.exists(work[2]) and os.path.exists(final[2]):
-                os.remove(final[2])  # an older dataset's index must not pair with the new .bin
-            for w, f in zip(work, final):
-                if os.path.exists(w):
-                    os.replace(w, f)
-                elif not os.path.exists(f):
-                    raise PreprocessError(f"{w} is missing and {f} does not exist; rerun with --no-resume")
-            fsync_dir(os.path.dirname(os.path.abspath(final[0])))
+            install_outputs(o.work_prefix, o.final_prefix)
+
+
+def install_outputs(work_prefix: str, final_prefix: str) -> None:
+    """Rename work .bin, .meta.json, .idx to the final prefix in that order; idempotent so that a kill in between is
+    finished by the next run."""
+    final = _final_files(final_prefix)
+    work = [work_prefix + ".bin", work_prefix + ".meta.json", work_prefix + ".idx"]
+    if os.path.exists(work[2]) and os.path.exists(final[2]):
+        os.remove(final[2])  # an older dataset's index must not pair with the new .bin
+    for w, f in zip(work, final):
+        if os.path.exists(w):
+            os.replace(w, f)
+        elif not os.path.exists(f):
+            raise PreprocessError(f"{w} is missing and {f} does not exist; rerun with --no-resume")
+    fsync_dir(os.path.dirname(os.path.abspath(final[0])))
 
 
 class _Progress:
