@@ -5,14 +5,13 @@ Layout in the cache directory, for a description dict `desc` of kind K ("gpt", "
     <sha256(canonical JSON of desc)[:32]>-K-<name>.npy     one file per array (np.save, no pickles)
     <sha256(canonical JSON of desc)[:32]>-K-description.json  the description itself, written LAST
 
-Every file is written to a temporary name, fsynced and renamed into place, and the description is renamed last, so
-a reader that sees the description sees complete arrays. The directory is fsynced once, after the description (an
-entry lost in a crash is only rebuilt; one fsync per file plus one per entry instead of two per file: the
-directory fsyncs were ~5 ms each, a third of a 200k-sample build, on the 2-core development machine's disk).
-Concurrent ranks that miss the cache together each build the (identical) arrays and rename them over each other; a
-killed writer leaves only temporaries, never a truncated array under a final name. Loads use
-`np.load(mmap_mode="r", allow_pickle=False)`; an entry whose arrays cannot be read (a filesystem that lost data in a
-crash) is logged and rebuilt.
+Every file (arrays and description) is written to a temporary name and fsynced, all at once in threads (ext4 then
+commits them in about one journal flush: 4 sequential fsyncs took 22-40 ms on the 2-core development machine's disk,
+4 concurrent ones 12-24 ms), then renamed into place, the description last, so a reader that sees the description
+sees complete arrays. The directory is not fsynced: an entry lost in a crash is only rebuilt. Concurrent ranks that
+miss the cache together each build the (identical) arrays and rename them over each other; a killed writer leaves
+only temporaries, never a truncated array under a final name. Loads use `np.load(mmap_mode="r", allow_pickle=False)`;
+an entry whose arrays cannot be read (a filesystem that lost data in a crash) is logged and rebuilt.
 """
 
 from __future__ import annotations
@@ -21,10 +20,11 @@ import hashlib
 import json
 import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from ..utils.io import fsync_dir, tmp_path_for
+from ..utils.io import tmp_path_for
 from ..utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -67,25 +67,35 @@ def load_or_build(cache_dir: str | None, kind: str, desc: dict, names: tuple[str
     arrays = build()
     try:
         os.makedirs(cache_dir, exist_ok=True)
-        for n, p in paths.items():
-            _write_synced(p, lambda f, a=arrays[n]: np.save(f, np.ascontiguousarray(a), allow_pickle=False))
-        _write_synced(desc_path, lambda f: f.write(json.dumps(desc, indent=1, sort_keys=True).encode("utf-8")))
-        fsync_dir(cache_dir)
+        writers = [(p, lambda f, a=arrays[n]: np.save(f, np.ascontiguousarray(a), allow_pickle=False))
+                   for n, p in paths.items()]
+        writers.append((desc_path, lambda f: f.write(json.dumps(desc, indent=1, sort_keys=True).encode("utf-8"))))
+        _write_all_synced(writers)
     except OSError as e:
         log.warning("cannot write the %s index cache in %s (%s); keeping the indices in memory", kind, cache_dir, e)
     return arrays, False
 
 
-def _write_synced(path: str, write: Callable) -> None:
-    """write(f) into a temporary file beside `path`, fsync it, rename it to `path` (the directory is not fsynced)."""
-    tmp = tmp_path_for(path)
+def _write_all_synced(writers: list[tuple[str, Callable]]) -> None:
+    """For each (path, write): write(f) into a temporary file beside path; fsync them all concurrently; rename them
+    in order (the last one, the description, last)."""
+    tmps = []
     try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        for path, write in writers:
+            tmps.append(tmp_path_for(path))
+            with open(tmps[-1], "wb") as f:
+                write(f)
+        with ThreadPoolExecutor(len(tmps)) as pool:
+            list(pool.map(_fsync_path, tmps))
+        for (path, _), tmp in zip(writers, tmps):
+            os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        for tmp in tmps:
+            if os.path.exists(tmp):
+                os.remove(tmp)
         raise
+
+
+def _fsync_path(path: str) -> None:
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
