@@ -34,9 +34,10 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
-from itertools import chain
 
 import numpy as np
+
+from .word_cache import assemble
 
 VERIFY_CHARS = 1 << 16
 _NEEDS_REGEX = re.compile(r"\s ")  # a space after whitespace: str.split(" ") would cut there
@@ -111,29 +112,31 @@ class ByteLevelChunkEncoder:
             self._heads.clear()
             self._words.clear()
             self._dtype = dtype
-        heads, words = self._heads, self._words
         split = [split_text(t) for t in texts]
-        seen_heads = {h for h, _ in split}
-        seen_words = set(chain.from_iterable(w for _, w in split))
-        miss_heads = list(seen_heads.difference(heads))
-        miss_words = list(seen_words.difference(words))
-        if miss_heads or miss_words:
-            if len(heads) + len(words) + len(miss_heads) + len(miss_words) > self._max_chunks:
-                heads.clear()  # memory bound; results do not depend on what is cached
-                words.clear()
-                miss_heads, miss_words = list(seen_heads), list(seen_words)
-            # one tokenizer call per batch (about 11 us per chunk, measured with RAYON_NUM_THREADS=1)
-            encoded = (np.array(e, dtype=dtype).tobytes()
-                       for e in self._encode_ids(miss_heads + [" " + w for w in miss_words]))
-            heads.update(zip(miss_heads, encoded))
-            words.update(zip(miss_words, encoded))
-        get = words.__getitem__
-        join = b"".join
-        docs = [heads[h] + join(map(get, ws)) for h, ws in split]
+        heads = [h for h, _ in split]
+        missing = list(set(heads).difference(self._heads))
+        if missing:
+            if len(self._heads) + len(missing) > self._max_chunks:
+                self._heads.clear()
+                missing = list(set(heads))
+            self._heads.update(zip(missing, self._encode_bytes(missing, dtype)))
+        docs = assemble(self._words, heads, [w for _, w in split], self._heads, self._fill, dtype)
         if self._verify_left > 0:
             self._verify(texts, docs, dtype)
         lengths = np.fromiter(map(len, docs), dtype=np.int64, count=len(docs)) // dtype.itemsize
-        return np.frombuffer(join(docs), dtype=dtype).copy(), lengths
+        return np.frombuffer(b"".join(docs), dtype=dtype).copy(), lengths
+
+    def _encode_bytes(self, texts: list[str], dtype: np.dtype) -> list[bytes]:
+        # one tokenizer call per batch (about 11 us per chunk, measured with RAYON_NUM_THREADS=1)
+        return [np.array(e, dtype=dtype).tobytes() for e in self._encode_ids(texts)]
+
+    def _fill(self, words: set[str], dtype: np.dtype) -> None:
+        cache = self._words
+        missing = list(words.difference(cache))
+        if len(cache) + len(missing) > self._max_chunks:
+            cache.clear()  # memory bound; results do not depend on what is cached
+            missing = list(words)
+        cache.update(zip(missing, self._encode_bytes([" " + w for w in missing], dtype)))
 
     def _verify(self, texts: Sequence[str], docs: list[bytes], dtype: np.dtype) -> None:
         """The first documents (up to the verification budget) against the tokenizer itself."""

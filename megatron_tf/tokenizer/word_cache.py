@@ -75,26 +75,59 @@ class WordCacheEncoder:
         self._max_words = max_words
         self._dtype = None
         self._cache: dict[str, bytes] = {}  # w -> encode(" " + w) as bytes of self._dtype
+        self._firsts: dict[str, bytes] = {}  # a document's first word w -> encode(w)
 
     def encode_batch(self, texts: Sequence[str], dtype=np.int32) -> tuple[np.ndarray, np.ndarray]:
         dtype = np.dtype(dtype)
         if dtype != self._dtype:
             self._cache.clear()
+            self._firsts.clear()
             self._dtype = dtype
-        cache = self._cache
         heads = [t.partition(" ") for t in texts]  # (first word, " " or "", the rest)
         words = [tail.split(" ") if sep else [] for _, sep, tail in heads]
-        seen = set(chain.from_iterable(words))
-        missing = list(seen.difference(cache))
-        if missing:  # one SentencePiece call per batch: each call has a fixed cost of about 0.2 ms
-            if len(cache) + len(missing) > self._max_words:
-                cache.clear()  # memory bound; results do not depend on what is cached
-                missing = list(seen)
-            encoded = self._sp.encode([" " + w for w in missing], num_threads=self._threads)
-            cache.update(zip(missing, (np.array(e, dtype=dtype).tobytes() for e in encoded)))
-        firsts = self._sp.encode([h[0] for h in heads], num_threads=self._threads)
-        get = cache.__getitem__
-        join = b"".join
-        docs = [np.array(f, dtype=dtype).tobytes() + join(map(get, ws)) for f, ws in zip(firsts, words)]
+        firsts = [h[0] for h in heads]
+        missing = list(set(firsts).difference(self._firsts))
+        if missing:
+            if len(self._firsts) + len(missing) > self._max_words:
+                self._firsts.clear()
+                missing = list(set(firsts))
+            self._firsts.update(zip(missing, self._encode(missing, dtype)))
+        docs = assemble(self._cache, firsts, words, self._firsts, self._fill, dtype)
         lengths = np.fromiter(map(len, docs), dtype=np.int64, count=len(docs)) // dtype.itemsize
-        return np.frombuffer(join(docs), dtype=dtype).copy(), lengths
+        return np.frombuffer(b"".join(docs), dtype=dtype).copy(), lengths
+
+    def _encode(self, texts: list[str], dtype: np.dtype) -> list[bytes]:
+        # one SentencePiece call per batch: each call has a fixed cost of about 0.2 ms
+        return [np.array(e, dtype=dtype).tobytes() for e in self._sp.encode(texts, num_threads=self._threads)]
+
+    def _fill(self, words: set[str], dtype: np.dtype) -> None:
+        """Put the words not in the cache into it (clearing it first if it would outgrow max_words)."""
+        cache = self._cache
+        missing = list(words.difference(cache))
+        if len(cache) + len(missing) > self._max_words:
+            cache.clear()  # memory bound; results do not depend on what is cached
+            missing = list(words)
+        cache.update(zip(missing, self._encode([" " + w for w in missing], dtype)))
+
+
+def assemble(cache: dict[str, bytes], heads: list[str], words: list[list[str]], head_cache: dict[str, bytes],
+             fill, dtype: np.dtype) -> list[bytes]:
+    """head_cache[heads[i]] + cache[w] for each w in words[i], per document. Optimistic: documents whose words are
+    all cached are joined at once; the words of the others are encoded in one call (`fill(set, dtype)`) and those
+    documents joined again. (Cheaper than a set of every word of the batch: once the cache is warm, most documents
+    hit, and a hit costs one dict lookup per word.)"""
+    get = cache.__getitem__
+    join = b"".join
+    docs: list[bytes] = []
+    failed: list[int] = []
+    for i, ws in enumerate(words):
+        try:
+            docs.append(join(map(get, ws)))
+        except KeyError:
+            docs.append(b"")
+            failed.append(i)
+    if failed:
+        fill(set(chain.from_iterable(words[i] for i in failed)), dtype)
+        for i in failed:
+            docs[i] = join(map(get, words[i]))
+    return [head_cache[h] + d for h, d in zip(heads, docs)]
