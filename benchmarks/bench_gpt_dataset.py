@@ -14,7 +14,8 @@ benchmarks/results/gpt_dataset_<host>.json (or --out) with machine info.
         --tokenizer-type SentencePieceTokenizer --tokenizer-model data/demo/tokenizer/demo_sp.model
 
 "before" rows: the implementations this repository had before issue 15 (the Python greedy loop for the blending
-index, copied below; the vectorised NumPy sample index, still the no-compiler path), timed in the same run.
+index, copied below; the vectorised NumPy sample index, still the no-compiler path; cache files fsynced one after
+the other with their directory), timed in the same run.
 """
 
 from __future__ import annotations
@@ -36,7 +37,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from megatron_tf.config.cli import add_dataclass_args, dataclass_from_args  # noqa: E402
 from megatron_tf.data import blend_greedy  # noqa: E402
-from megatron_tf.data.blending import build_blending_indices, build_exhaustive_blending_indices  # noqa: E402
+from megatron_tf.data.blending import (  # noqa: E402
+    _two_exhaustive,
+    build_blending_indices,
+    build_exhaustive_blending_indices,
+)
 from megatron_tf.data.builder import build_gpt_datasets  # noqa: E402
 from megatron_tf.data.config import FilterConfig, GPTDatasetConfig  # noqa: E402
 from megatron_tf.data.gpt_dataset import build_indices  # noqa: E402
@@ -122,21 +127,43 @@ def ours(prefix, seq, num_samples, cache, tok, mode="none", threshold=None):
 
 
 def greedy_before(weights, size):
-    """The blending index as this repository computed it before issue 15 (a Python loop; commit 8064c19)."""
+    """The blending index as this repository computed it before issue 15 (Python loops; verbatim from commit
+    8064c19, megatron_tf/data/blending.py build_blending_indices)."""
     w = [float(x) for x in weights]
     n = len(w)
     counts = [0] * n
-    picks, taken = [0] * size, [0] * size
-    for s in range(size):
-        sd = s if s > 1 else 1.0
-        best, best_err = 0, w[0] * sd - counts[0]
-        for i in range(1, n):
-            e = w[i] * sd - counts[i]
-            if e > best_err:
-                best, best_err = i, e
-        picks[s], taken[s] = best, counts[best]
-        counts[best] += 1
-    return np.asarray(picks, dtype=np.int16), np.asarray(taken, dtype=np.int64)
+    didx = np.zeros(size, dtype=np.int16)
+    sidx = np.zeros(size, dtype=np.int64)
+    if n == 1:
+        sidx[:] = np.arange(size)
+        return didx, sidx
+    picks = [0] * size
+    taken = [0] * size
+    if n == 2:
+        w0, w1 = w
+        c0 = c1 = 0
+        for s in range(size):
+            sd = s if s > 1 else 1.0
+            if w1 * sd - c1 > w0 * sd - c0:
+                picks[s], taken[s] = 1, c1
+                c1 += 1
+            else:
+                taken[s] = c0
+                c0 += 1
+    else:
+        rng_n = range(1, n)
+        for s in range(size):
+            sd = s if s > 1 else 1.0
+            best, best_err = 0, w[0] * sd - counts[0]
+            for i in rng_n:
+                e = w[i] * sd - counts[i]
+                if e > best_err:
+                    best, best_err = i, e
+            picks[s], taken[s] = best, counts[best]
+            counts[best] += 1
+    didx[:] = picks
+    sidx[:] = taken
+    return didx, sidx
 
 
 def interleaved(contenders: dict, reps: int, skip_after: dict | None = None) -> dict:
@@ -244,6 +271,8 @@ def bench_index(prefix, ds, tok, args, have_mc, tmp) -> tuple[dict, dict, list]:
         c["megatron_tf (dataset already scanned)"] = in_fresh_cache(lambda d: ours(prefix, seq, n, d, tok),  # noqa: B023
                                                                     seed)
         c["megatron_tf (first open: + token-id scan)"] = in_fresh_cache(lambda d: ours(prefix, seq, n, d, tok))  # noqa: B023
+        c["megatron_tf before (dataset already scanned)"] = in_fresh_cache(
+            lambda d: as_before(ours, prefix, seq, n, d, tok), seed)  # noqa: B023
         res = interleaved(c, args.reps)
         build[str(seq)] = res
         rows += [(f"index build seq {seq}, {n} samples", k, fmt(v)) for k, v in res.items()]
@@ -256,6 +285,25 @@ def bench_index(prefix, ds, tok, args, have_mc, tmp) -> tuple[dict, dict, list]:
         arrays[str(seq)] = res
         rows += [(f"index arrays only seq {seq}, {n} samples", k, fmt(v)) for k, v in res.items()]
     return build, arrays, rows
+
+
+def as_before(fn, *a):
+    """fn(*a) with the index code as it was before issue 15: NumPy sample index, and every cache file written with
+    utils.io.atomic_write (fsync of the file and of the directory, one file after the other)."""
+    from megatron_tf.data import index_cache
+    from megatron_tf.utils.io import atomic_write
+
+    def sequential(writers):
+        for path, write in writers:
+            with atomic_write(path) as f:
+                write(f)
+
+    real = index_cache._write_all_synced
+    index_cache._write_all_synced = sequential
+    try:
+        return without_native(fn, *a)
+    finally:
+        index_cache._write_all_synced = real
 
 
 def without_native(fn, *a):
@@ -302,6 +350,7 @@ def bench_blending(args, have_mc) -> tuple[dict, list]:
             helpers.build_exhaustive_blending_indices(d, s, np.array(sizes, dtype=np.int64), 2)
         c["megatron-core (C++)"] = mc_ex
     c["megatron_tf (compiled loop)"] = lambda: build_exhaustive_blending_indices(sizes)
+    c["megatron_tf NumPy, no compiler"] = lambda: _two_exhaustive(sizes, [0, 1], size)
     res = interleaved(c, args.reps)
     out["exhaustive, 2 datasets"] = res
     rows += [(f"exhaustive blending index, 2 datasets, {size} samples", k, fmt(v)) for k, v in res.items()]

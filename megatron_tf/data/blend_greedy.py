@@ -72,8 +72,9 @@ def exhaustive_loop(sizes: list[int]) -> tuple[np.ndarray, np.ndarray]:
     didx, sidx, counts = np.empty(total, np.int16), np.empty(total, np.int64), np.zeros(n, np.int64)
     lib = load_library()
     if lib is not None:
-        live = np.empty(n, np.int32)
-        lib.mtf_greedy_exhaustive(_ptr(w), _ptr(sz), n, total, _ptr(didx), _ptr(sidx), _ptr(counts), _ptr(live))
+        live, lw = np.empty(n, np.int32), np.empty(n, np.float64)
+        lib.mtf_greedy_exhaustive(_ptr(w), _ptr(sz), n, total, _ptr(didx), _ptr(sidx), _ptr(counts), _ptr(live),
+                                  _ptr(lw))
         return didx, sidx
     wl, c = w.tolist(), [0] * n
     live = [i for i in range(n) if sizes[i] > 0]

@@ -32,7 +32,7 @@ C_SOURCE = r"""
 #include <stdint.h>
 #include <string.h>
 
-int mtf_abi(void) { return 2; }
+int mtf_abi(void) { return 3; }
 
 int mtf_sample_index(const int32_t *sizes, const int32_t *doc_index, int64_t n_doc, int64_t seq,
                      int64_t num_samples, int64_t *out) {
@@ -79,23 +79,29 @@ void mtf_greedy_blend(const double *w, int32_t n, int64_t size, int16_t *didx, i
 }
 
 void mtf_greedy_exhaustive(const double *w, const int64_t *sizes, int32_t n, int64_t total, int16_t *didx,
-                           int64_t *sidx, int64_t *counts, int32_t *live) {
+                           int64_t *sidx, int64_t *counts, int32_t *live, double *lw) {
+    /* live[j], lw[j], counts[j]: id, weight and samples taken of the j-th dataset not yet used up, ascending ids */
     int32_t nlive = 0;
-    for (int32_t i = 0; i < n; ++i) if (sizes[i] > 0) live[nlive++] = i;
+    for (int32_t i = 0; i < n; ++i) {
+        if (sizes[i] > 0) { live[nlive] = i; lw[nlive] = w[i]; counts[nlive] = 0; ++nlive; }
+    }
     for (int64_t s = 0; s < total; ++s) {
         double sd = s > 1 ? (double)s : 1.0;
         int32_t bj = 0;
         double be = -DBL_MAX;
         for (int32_t j = 0; j < nlive; ++j) {
-            double e = w[live[j]] * sd - (double)counts[live[j]];
+            double e = lw[j] * sd - (double)counts[j];
             if (e > be) { be = e; bj = j; }
         }
         int32_t i = live[bj];
         didx[s] = (int16_t)i;
-        sidx[s] = counts[i];
-        counts[i] += 1;
-        if (counts[i] == sizes[i]) {
-            memmove(live + bj, live + bj + 1, (size_t)(nlive - bj - 1) * sizeof(int32_t));
+        sidx[s] = counts[bj];
+        counts[bj] += 1;
+        if (counts[bj] == sizes[i]) {
+            size_t rest = (size_t)(nlive - bj - 1);
+            memmove(live + bj, live + bj + 1, rest * sizeof(int32_t));
+            memmove(lw + bj, lw + bj + 1, rest * sizeof(double));
+            memmove(counts + bj, counts + bj + 1, rest * sizeof(int64_t));
             nlive -= 1;
         }
     }
@@ -153,11 +159,11 @@ def load_library() -> ctypes.CDLL | None:
             raise RuntimeError("MEGATRON_TF_NATIVE=0")
         path = build_library()
         lib = ctypes.CDLL(str(path))
-        if lib.mtf_abi() != 2:
+        if lib.mtf_abi() != 3:
             raise RuntimeError(f"{path}: unexpected ABI {lib.mtf_abi()}")
         p, i32, i64 = ctypes.c_void_p, ctypes.c_int32, ctypes.c_int64
         lib.mtf_greedy_blend.argtypes = [p, i32, i64, p, p, p]
-        lib.mtf_greedy_exhaustive.argtypes = [p, p, i32, i64, p, p, p, p]
+        lib.mtf_greedy_exhaustive.argtypes = [p, p, i32, i64, p, p, p, p, p]
         lib.mtf_greedy_blend.restype = lib.mtf_greedy_exhaustive.restype = None
         lib.mtf_sample_index.argtypes = [p, p, i64, i64, i64, p]
         lib.mtf_sample_index.restype = ctypes.c_int
