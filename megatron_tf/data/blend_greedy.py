@@ -9,7 +9,7 @@ How (measured on the 2-core development machine, 1M samples; docs/performance.md
   `-ffp-contract=off` so no FMA changes a rounding, loaded with ctypes, no Python or torch headers). Same speed as
   megatron-core's C++ (same loop).
 - without a C compiler, two datasets (the common blend) use an exact vectorised NumPy formulation
-  (`two_dataset_positions`, ~1.5-2x megatron-core's time: it needs ~5 passes over the output arrays where the loop
+  (`two_dataset_positions`, 1.2-1.7x megatron-core's time: it needs ~5 passes over the output arrays where the loop
   needs one), and three or more datasets a Python loop (~0.15 us per sample and dataset; logged).
 Three or more datasets have no per-dataset closed form: the pick depends on every dataset's count and the errors of
 the waiting datasets grow at different rates (w_i), so their order changes over time; a fixed "key" order per
