@@ -63,7 +63,7 @@ def lm_args(data, save: str, reverse: bool, seed: int = 1234, lm: dict | None = 
             "--tokenizer-type", "SentencePieceTokenizer", "--tokenizer-model", data.tokenizer_model,
             "--data-path", *train, "--split", lm.get("split", "98,2,0"), "--num-workers", "1",
             "--eval-interval", "1000000", "--eval-iters", "4", "--log-interval", "50", "--save", save,
-            "--seed", str(seed), "--no-progress-bar"]
+            "--load", save, "--save-interval", "50", "--seed", str(seed), "--no-progress-bar"]
     return args + (["--reverse-documents"] if reverse else [])
 
 
@@ -72,6 +72,7 @@ def _done(path: str) -> bool:
 
 
 def train_lm(data, save: str, reverse: bool, lm: dict | None = None) -> dict:
+    """Train one LM (checkpoint every 50 iterations: an interrupted run continues from its last checkpoint)."""
     from ..training import pretrain
 
     if _done(save):
