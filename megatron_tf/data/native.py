@@ -3,8 +3,10 @@
 The source is below (no Python or torch headers: plain C called through ctypes). It is compiled once with the system
 C compiler (`$CC`, else `cc`/`gcc`; `-O2 -ffp-contract=off -fno-fast-math`, so no fused multiply-add changes a
 float64 rounding of the blending errors) into a shared library cached under $MEGATRON_TF_CACHE or
-~/.cache/megatron_tf (the system temporary directory when that is read-only), named by the source hash and written
-to a temporary name, then renamed (concurrent ranks each build and rename; a killed build leaves no library).
+~/.cache/megatron_tf, named by the source hash and written to a temporary name, then renamed (concurrent ranks each
+build and rename; a killed build leaves no library). When that directory is not writable the library is compiled
+into a private temporary directory for the process (never a shared one like /tmp/megatron_tf, where another user
+could plant a library under the expected name).
 Without a compiler, or with MEGATRON_TF_NATIVE=0, `load_library()` returns None and the callers use NumPy or Python
 paths with the same results (logged once).
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -120,32 +123,36 @@ def library_path() -> Path:
 
 
 def build_library(out: Path | None = None) -> Path:
-    """Compile C_SOURCE into a shared library (temporary name, then rename); returns its path."""
+    """Compile C_SOURCE into the shared library `out` (default library_path(); temporary name, then rename) unless it
+    exists; returns its path."""
     out = out or library_path()
     if out.exists():
         return out
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        probe = tempfile.NamedTemporaryFile(dir=out.parent)
-        probe.close()
-    except OSError:  # read-only home: build under the temporary directory instead
-        out = Path(tempfile.gettempdir()) / "megatron_tf" / out.name
-        if out.exists():
-            return out
-    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if not cc:
-        raise RuntimeError("no C compiler ($CC, cc, gcc) to build data/native.py's helpers")
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
-        src, lib = os.path.join(tmp, "blend.c"), os.path.join(tmp, out.name)
-        with open(src, "w") as f:
-            f.write(C_SOURCE)
-        cmd = [cc, "-O2", "-fPIC", "-shared", "-ffp-contract=off", "-fno-fast-math", src, "-o", lib]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise RuntimeError(f"{' '.join(cmd)} failed (rc {proc.returncode}): {proc.stderr[-2000:]}")
-        os.replace(lib, out)
+        os.replace(_compile(tmp, out.name), out)
     return out
+
+
+def _compile(directory: str, name: str) -> str:
+    cc = shlex.split(os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or "")
+    if not cc:
+        raise RuntimeError("no C compiler ($CC, cc, gcc) to build data/native.py's helpers")
+    src, lib = os.path.join(directory, "mtf_native.c"), os.path.join(directory, name)
+    with open(src, "w") as f:
+        f.write(C_SOURCE)
+    cmd = [*cc, "-O2", "-fPIC", "-shared", "-ffp-contract=off", "-fno-fast-math", src, "-o", lib]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed (rc {proc.returncode}): {proc.stderr[-2000:]}")
+    return lib
+
+
+def _load_private() -> ctypes.CDLL:
+    """Cache directory not writable: compile into a private (0700) temporary directory, load, remove it. Never a
+    shared directory such as /tmp/megatron_tf, where another user could plant a library under the expected name."""
+    with tempfile.TemporaryDirectory(prefix="mtf_native_") as tmp:
+        return ctypes.CDLL(_compile(tmp, "libmtf_native.so"))
 
 
 def load_library() -> ctypes.CDLL | None:
@@ -157,8 +164,11 @@ def load_library() -> ctypes.CDLL | None:
     try:
         if os.environ.get("MEGATRON_TF_NATIVE", "1") == "0":
             raise RuntimeError("MEGATRON_TF_NATIVE=0")
-        path = build_library()
-        lib = ctypes.CDLL(str(path))
+        try:
+            path = build_library()
+            lib = ctypes.CDLL(str(path))
+        except OSError:  # cache directory not writable (read-only home, a file in the way)
+            path, lib = "a private temporary directory", _load_private()
         if lib.mtf_abi() != 3:
             raise RuntimeError(f"{path}: unexpected ABI {lib.mtf_abi()}")
         p, i32, i64 = ctypes.c_void_p, ctypes.c_int32, ctypes.c_int64

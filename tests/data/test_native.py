@@ -38,3 +38,16 @@ def test_disabled_by_environment(monkeypatch):
     monkeypatch.setattr(native, "_lib", None)
     monkeypatch.setattr(native, "_tried", False)
     assert native.load_library() is None and "MEGATRON_TF_NATIVE=0" in native.library_error()
+
+
+def test_unwritable_cache_builds_privately(tmp_path, monkeypatch):
+    """A cache path that cannot be created (a file in the way) compiles into a private temporary directory."""
+    (tmp_path / "file").write_text("x")
+    monkeypatch.setenv("MEGATRON_TF_CACHE", str(tmp_path / "file" / "cache"))
+    monkeypatch.setattr(native, "_lib", None)
+    monkeypatch.setattr(native, "_tried", False)
+    if native.shutil.which("cc") is None and native.shutil.which("gcc") is None:
+        pytest.skip("no C compiler")
+    assert native.load_library() is not None, native.library_error()
+    d, s = build_blending_indices([0.5, 0.3, 0.2], 10)
+    assert d.tolist() == [0, 1, 2, 0, 1, 0, 2, 0, 1, 0] and s.tolist() == [0, 0, 0, 1, 1, 2, 1, 3, 2, 4]
