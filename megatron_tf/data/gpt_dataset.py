@@ -1,8 +1,9 @@
 """GPT dataset with Megatron's sample-building algorithm (documents packed into seq_length + 1 token samples).
 
 Same algorithm as megatron-core 0.16.1 (gpt_dataset.py + helpers.cpp), so the same data, split, seed, seq_length and
-sample count give the same samples; written independently, with the sample index vectorised (cumulative sums +
-searchsorted instead of a sequential C++ loop). Worked example: docs/gpt_dataset.md.
+sample count give the same samples; written independently: the sample index is megatron-core's loop in a small C
+helper (data/native.py), or without a C compiler a vectorised NumPy formulation (cumulative sums + counting).
+Worked example: docs/gpt_dataset.md.
 
 - document index: the split's document (sequence) ids repeated for E epochs and shuffled with
   `np.random.RandomState(seed)`; E = smallest epoch count with E * tokens_per_epoch >= num_samples * seq_length + 1.
