@@ -1,0 +1,19 @@
+"""The worker pool's start method (data/preprocess_run.py): fork only when this process runs one thread on Linux."""
+
+import sys
+import threading
+
+from megatron_tf.data.preprocess_run import start_method
+
+
+def test_spawn_while_another_thread_runs():
+    stop = threading.Event()
+    t = threading.Thread(target=stop.wait)
+    t.start()
+    try:
+        assert start_method() == "spawn"
+    finally:
+        stop.set()
+        t.join()
+    if threading.active_count() == 1:
+        assert start_method() == ("fork" if sys.platform == "linux" else "spawn")
