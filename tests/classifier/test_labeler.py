@@ -49,7 +49,7 @@ def test_special_tokens_score_zero_even_when_the_probe_flags_everything(artifact
     docs[0] = np.array([5, 62, 7, 63, 61], dtype=np.int64)  # hidden and pad inside a document, eod at its end
     lab = ClassifierLabeler(artifact, device="cpu", batch_tokens=64)
     lab.check_tokenizer(tokenizer())  # adds <|hidden|> 62 and <|pad|> 63 to the artifact's eod 61
-    lab.bilm  # loads the artifact
+    _ = lab.bilm  # loads the artifact
     with torch.no_grad():
         for m in lab._loaded.probe.head.modules():
             if isinstance(m, torch.nn.Linear):
