@@ -30,11 +30,12 @@ Runs are interleaved (per repetition and worker count: for each tokenizer, ours,
 and the median of --reps is reported with the spread (min and max, and every run), because the development machine
 has 2 cores shared with other jobs. Writes benchmarks/results/preprocess_<host>_<cores>cores.json with machine info.
 
-Results (benchmarks/results/): preprocess_vm_2cores.json (this CPU machine, busy with other jobs) and
-preprocess_h200host_16cores.json (SentencePiece only: the 16 idle host cores of the lent GPU machine, GPU unused:
-cp312 wheels of sentencepiece, megatron-core, protobuf and tqdm were installed there with `pip install --no-index
---target`, and the four corpus files and a directory made by prepare_megatron() were carried over; run with
-`--shared <dir> --megatron-tools <dir>/tools --workers 1 4 16 --reps 2`).
+Results (benchmarks/results/): preprocess_sp_hf_vm_2cores.json (both kinds, 2 workers, this CPU machine at load
+~10; numbers in docs/performance.md), preprocess_vm_2cores.json (SentencePiece only, before issue 15, workers 1 and 2)
+and preprocess_h200host_16cores.json (SentencePiece only, before issue 15: the 16 idle host cores of the lent GPU
+machine, GPU unused: cp312 wheels of sentencepiece, megatron-core, protobuf and tqdm were installed there with
+`pip install --no-index --target`, and the four corpus files and a directory made by prepare_megatron() were
+carried over; run with `--shared <dir> --megatron-tools <dir>/tools --tokenizers sp --workers 1 4 16 --reps 2`).
 """
 
 from __future__ import annotations
