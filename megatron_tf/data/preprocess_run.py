@@ -8,6 +8,7 @@ the worker pool (data/preprocess_workers.py), writes the index and meta, and ren
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import json
 import logging
@@ -38,6 +39,7 @@ from .indexed_dataset import (
     write_index,
 )
 from .preprocess_workers import (
+    GC_THRESHOLD,
     BlockResult,
     PreprocessError,
     make_encoder,
@@ -380,6 +382,9 @@ class _Run:
             encode = make_encoder(spec).encode
         progress = _Progress(before[-1], before[start["file"]], cfg.log_interval, self.stats)
         last_ckpt = time.monotonic()
+        gc_threshold = gc.get_threshold()
+        if pool is None:  # encoding here: the workers' GC thresholds for the run (preprocess_workers.GC_THRESHOLD)
+            gc.set_threshold(*GC_THRESHOLD)
         try:
             pending: deque = deque()
             max_pending = 3 * cfg.workers
@@ -405,6 +410,7 @@ class _Run:
                 pool.close()
                 pool.join()
         finally:
+            gc.set_threshold(*gc_threshold)
             if pool is not None:
                 pool.terminate()
             progress.close()

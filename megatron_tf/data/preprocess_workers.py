@@ -9,6 +9,7 @@ worker whose initializer raises forever.
 
 from __future__ import annotations
 
+import gc
 import itertools
 import os
 from collections.abc import Sequence
@@ -135,6 +136,12 @@ try:
 except ImportError:  # pragma: no cover
     _orjson_loads = None
 
+# Cyclic GC thresholds while encoding: a block allocates tens of thousands of lists (words per document) and no
+# reference cycles; collecting young objects every 100k allocations instead of Python's 700 cut the word cache's CPU
+# time by ~12% (SentencePiece, the 45 MB benchmark corpus in 1 MiB blocks, 4 alternating runs each: 2.38-2.56 s vs
+# 2.65-2.84 s of process time on the busy 2-core machine).
+GC_THRESHOLD = (100_000, 50, 100)
+
 _WORKER: BlockEncoder | BaseException | None = None
 
 
@@ -155,6 +162,7 @@ def worker_init(spec: dict) -> None:
     if spec["tokenizer_threads"] == 1:
         os.environ["TOKENIZERS_PARALLELISM"] = "false"
     os.environ["RAYON_NUM_THREADS"] = str(spec["tokenizer_threads"])
+    gc.set_threshold(*GC_THRESHOLD)  # a pool worker only runs encode
     try:
         _WORKER = make_encoder(spec)
     except BaseException as e:  # noqa: BLE001
