@@ -31,7 +31,7 @@ and the median of --reps is reported with the spread (min and max, and every run
 has 2 cores shared with other jobs. Writes benchmarks/results/preprocess_<host>_<cores>cores.json with machine info.
 
 Results (benchmarks/results/): preprocess_sp_hf_vm_2cores.json (both kinds, 2 workers, this CPU machine at load
-~10; numbers in docs/performance.md), preprocess_vm_2cores.json (SentencePiece only, before issue 15, workers 1 and 2)
+6-8; numbers in docs/performance.md), preprocess_vm_2cores.json (SentencePiece only, before issue 15, workers 1 and 2)
 and preprocess_h200host_16cores.json (SentencePiece only, before issue 15: the 16 idle host cores of the lent GPU
 machine, GPU unused: cp312 wheels of sentencepiece, megatron-core, protobuf and tqdm were installed there with
 `pip install --no-index --target`, and the four corpus files and a directory made by prepare_megatron() were

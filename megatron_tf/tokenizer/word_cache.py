@@ -15,9 +15,9 @@ characters are decided per symbol, so they are local as well.
 Natural text repeats words (Zipf), so encoding each distinct word once and looking the rest up in a dict is much
 cheaper than SentencePiece's encode. Measured end to end by benchmarks/bench_preprocess.py (45 MB of medical and
 general English, the 8k demo model, same output bytes): preprocessing runs 3.1-4.0x faster than Megatron-LM's
-preprocess_data.py on 16 idle cores and 2.8-3.0x on the 2-core machine at load ~3; 2.45x (2.83x in CPU time) at
-load ~10 with 2 workers (docs/performance.md); without the cache 0.9-1.2x. HF byte-level BPE:
-tokenizer/bytelevel_cache.py.
+preprocess_data.py on 16 idle cores and 2.8-3.0x on the 2-core machine at load ~3 (before issue 15); 3.36x (3.34x
+in CPU time) with 2 workers at load 6-8 after it (docs/performance.md); without the cache 0.9-1.2x. HF byte-level
+BPE: tokenizer/bytelevel_cache.py.
 `check_word_cache` verifies the conditions on the model itself (never assumed); models that fail them (Llama-style
 dummy prefix, NFKC normalization, whitespace-only pieces) are encoded by SentencePiece directly. Tests compare both.
 """
