@@ -67,6 +67,7 @@ setup(
         "zstandard>=0.21",
         "matplotlib>=3.7",
         "xxhash>=3",  # payload checksums of sidecars and checkpoints (utils/checksum.py)
+        "orjson>=3",  # preprocessing's JSON fast path (data/preprocess_workers.py; json.loads decides on rejects)
     ],
     extras_require={
         # megatron-core: the byte-format and GPTDataset equality tests run against it; deepspeed: the ZeRO test.
