@@ -167,13 +167,17 @@ def test_resume_with_changed_data_or_filter_is_refused_unless_overridden(data, t
     seen = []
     handler = logging.Handler(logging.INFO)
     handler.emit = seen.append  # the package logger does not propagate to pytest's caplog
-    logging.getLogger("megatron_tf").addHandler(handler)
+    pkg = logging.getLogger("megatron_tf")
+    level = pkg.level  # another test in this worker may have raised it: INFO lines must reach the handler
+    pkg.setLevel(logging.INFO)
+    pkg.addHandler(handler)
     try:
         r = pretrain(tiny_args(data, iters=2, extra=["--save", save, "--load", save, "--eval-iters", "0",
                                                      "--token-filter", "mask", "--forget-threshold", "0.5",
                                                      "--override-data-config"]))
     finally:
-        logging.getLogger("megatron_tf").removeHandler(handler)
+        pkg.removeHandler(handler)
+        pkg.setLevel(level)
     assert r.iterations == [2]
     logged = [m.getMessage() for m in seen]
     assert any("filter.token_filter differs: checkpoint 'none', now 'mask'" in m for m in logged), logged
