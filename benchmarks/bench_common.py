@@ -105,8 +105,8 @@ def spread(values_ms: list[float]) -> dict:
             "reps": len(s)}
 
 
-def time_spread(fn, device: torch.device, reps: int = 20, warmup: int = 3) -> dict:
-    """Per-call milliseconds of fn(): median, p20, p80 over `reps` calls (CUDA events on a GPU)."""
+def time_calls(fn, device: torch.device, reps: int = 20, warmup: int = 3) -> list[float]:
+    """Milliseconds of each of `reps` calls of fn() after `warmup` untimed ones (CUDA events on a GPU)."""
     for _ in range(warmup):
         fn()
     times = []
@@ -124,7 +124,12 @@ def time_spread(fn, device: torch.device, reps: int = 20, warmup: int = 3) -> di
             t0 = time.perf_counter()
             fn()
             times.append((time.perf_counter() - t0) * 1e3)
-    return spread(times)
+    return times
+
+
+def time_spread(fn, device: torch.device, reps: int = 20, warmup: int = 3) -> dict:
+    """Per-call milliseconds of fn(): median, p20, p80 over `reps` calls (CUDA events on a GPU)."""
+    return spread(time_calls(fn, device, reps, warmup))
 
 
 def write_json(path: str, obj) -> None:

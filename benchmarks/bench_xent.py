@@ -30,14 +30,13 @@ import json
 import os
 import statistics
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.bench_common import machine_info, spread, write_json  # noqa: E402
+from benchmarks.bench_common import machine_info, spread, time_calls, write_json  # noqa: E402
 from megatron_tf.ops import xent  # noqa: E402
 from megatron_tf.parallel.cross_entropy import cross_entropy_loss_and_grad, vocab_parallel_cross_entropy  # noqa: E402
 
@@ -50,25 +49,8 @@ def bench_all(fn, device: torch.device, warmup_ms: float = 25, rep_ms: float = 1
 
             return [float(t) for t in do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="all")]
         except ImportError:
-            pass
-        for _ in range(3):
-            fn()
-        times = []
-        for _ in range(20):
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            fn()
-            b.record()
-            b.synchronize()
-            times.append(a.elapsed_time(b))
-        return times
-    fn()
-    times = []
-    for _ in range(5):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return times
+            return time_calls(fn, device, reps=20, warmup=3)
+    return time_calls(fn, device, reps=5, warmup=1)
 
 
 def bench(fn, device: torch.device, warmup_ms: float = 25, rep_ms: float = 100) -> float:
