@@ -4,7 +4,10 @@ threshold (class-balanced and natural base rate), calibration, PR curve plots
 (logic: megatron_tf/classifier/evaluate.py; docs/classifier.md).
 
     python tools/eval_classifier.py --classifier runs/cls runs/cls_fwd --data H1 H2 H3 --label-name forget \
-        --sidecar-baseline forget --output runs/cls_eval [--novel-from terms_a]
+        --sidecar-baseline forget --output runs/cls_eval
+    # held-out terms: score against the half the teacher never used, recall on tokens only it marks
+    python tools/eval_classifier.py --classifier runs/cls --data H1 H2 H3 --label-name heldout_terms \
+        --sidecar-baseline forget --novel-from forget --output runs/cls_eval_heldout
 """
 
 from __future__ import annotations
