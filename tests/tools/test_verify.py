@@ -7,8 +7,7 @@ import struct
 import pytest
 
 from megatron_tf.data.sidecar import read_header
-from megatron_tf.training import pretrain
-from tests.training.synth import make_data, tiny_args
+from tests.training.synth import make_data, two_checkpoint_run
 from tools import verify
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*meta.json not found")
@@ -16,11 +15,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:.*meta.json not found")
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("verify")
-    prefix = make_data(tmp)
-    save = str(tmp / "run")
-    pretrain(tiny_args(prefix, iters=2, extra=["--save", save, "--save-interval", "1", "--eval-iters", "0"]))
-    return prefix, save
+    return two_checkpoint_run(tmp_path_factory.mktemp("verify"))
 
 
 def _flip(path: str, offset: int) -> None:

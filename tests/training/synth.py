@@ -33,3 +33,14 @@ def tiny_args(prefix: str, *, iters: int = 4, mbs: int = 2, gbs: int = 8, extra:
     if iters:
         args += ["--train-iters", str(iters)]
     return args + list(extra or [])
+
+
+def two_checkpoint_run(tmp) -> tuple[str, str]:
+    """(data prefix, save dir) of a tiny run with checkpoints at iterations 1 and 2 (checkpoint integrity and
+    tools/verify tests)."""
+    from megatron_tf.training import pretrain
+
+    prefix = make_data(tmp)
+    save = str(tmp / "run")
+    pretrain(tiny_args(prefix, iters=2, extra=["--save", save, "--save-interval", "1", "--eval-iters", "0"]))
+    return prefix, save

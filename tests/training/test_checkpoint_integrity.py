@@ -16,7 +16,7 @@ from megatron_tf.training import load_model_from_checkpoint, pretrain
 from megatron_tf.training.checkpoint import CheckpointCorrupt, CheckpointError
 from megatron_tf.training.checkpoint_integrity import verify_checkpoint
 from megatron_tf.utils.checksum import digest_file
-from tests.training.synth import make_data, tiny_args
+from tests.training.synth import tiny_args, two_checkpoint_run
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*meta.json not found")
 
@@ -24,11 +24,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:.*meta.json not found")
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """A run with checkpoints at iterations 1 and 2."""
-    tmp = tmp_path_factory.mktemp("integrity")
-    prefix = make_data(tmp)
-    save = str(tmp / "run")
-    pretrain(tiny_args(prefix, iters=2, extra=["--save", save, "--save-interval", "1", "--eval-iters", "0"]))
-    return prefix, save
+    return two_checkpoint_run(tmp_path_factory.mktemp("integrity"))
 
 
 @pytest.fixture
