@@ -54,8 +54,8 @@ from megatron_tf.data.sidecar import (  # noqa: E402
     write_token_mask,
     write_token_scores,
 )
+from megatron_tf.tokenizer.config import TokenizerConfig  # noqa: E402
 from megatron_tf.tokenizer.tokenizer import NullTokenizer, build_tokenizer  # noqa: E402
-from megatron_tf.training.config import TokenizerConfig  # noqa: E402
 
 VOCAB = 32000
 EOD = VOCAB - 3

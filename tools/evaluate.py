@@ -10,7 +10,7 @@
 Per checkpoint: <output-dir>/<run>.json (everything) and <run>.csv (long format), and a one-line summary on stdout;
 <output-dir>/summary.csv concatenates the rows of the checkpoints of this call. A checkpoint whose JSON exists is
 skipped (resume) unless --overwrite. The checkpoint is loaded in this process with
-megatron_tf.training.load_model_from_checkpoint(dir) -> (model, configs, tokenizer) (TP/PP shards merged);
+megatron_tf.checkpoint.load_model(dir) (TP/PP shards merged; the run's saved configs and state.json beside it);
 --seq-length, the arm (--token-filter) and the forget threshold come from its configs, the iteration and the tokens
 seen / learned from its state.json, unless given here. The filter's labels (annotation, labeler, spec) are read from
 the run's configs and its training prefixes' sidecars; --eval-labels NAME picks the annotation the token-level
@@ -33,6 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
+from megatron_tf.checkpoint import CheckpointError, load_model  # noqa: E402
 from megatron_tf.config.cli import add_dataclass_args, dataclass_from_args  # noqa: E402
 from megatron_tf.evaluation.lm_eval_bridge import add_lm_eval_args, fold_lm_eval  # noqa: E402
 from megatron_tf.evaluation.runner import (  # noqa: E402
@@ -76,21 +77,15 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def load_checkpoint(path: str, device: torch.device | str = "cpu"):
-    """(model, configs, tokenizer, state) through the trainer's loader, imported here so the rest of the tool works
-    without it. `state` is the checkpoint's state.json (iteration, tokens seen / learned), {} when absent."""
-    try:
-        from megatron_tf.training import load_model_from_checkpoint
-        from megatron_tf.training.checkpoint import read_json, resolve_checkpoint_dir
-    except ImportError as e:
-        raise SystemExit(f"tools/evaluate.py: cannot import megatron_tf.training.load_model_from_checkpoint ({e}); "
-                         "the trainer's checkpoint loader is required to evaluate a checkpoint") from e
+    """(model, configs, tokenizer, state): the whole model, the run's saved configs (a dict by section), its
+    tokenizer (None when its file moved) and its state.json (iteration, tokens seen / learned; {} when absent)."""
     if not os.path.isdir(path):
         raise SystemExit(f"tools/evaluate.py: checkpoint directory not found: {path}")
-    model, configs, tokenizer = load_model_from_checkpoint(path, device=device)
-    ckpt_dir = resolve_checkpoint_dir(path)
-    state_path = os.path.join(ckpt_dir, "state.json") if ckpt_dir else ""
-    state = read_json(state_path) if os.path.isfile(state_path) else {}
-    return model, configs, tokenizer, state
+    try:
+        m = load_model(path, device=device)
+    except CheckpointError as e:
+        raise SystemExit(f"tools/evaluate.py: {e}") from e
+    return m.model, m.run.configs, m.tokenizer, m.run.state
 
 
 def default_run_name(path: str) -> str:

@@ -81,8 +81,7 @@ def export_tokenizer(args, ckpt_config: dict | None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.load:
-        from megatron_tf.training.api import merged_state_dict
-        from megatron_tf.training.checkpoint import CheckpointError, resolve_checkpoint_dir
+        from megatron_tf.checkpoint import CheckpointError, merged_state_dict, resolve_checkpoint_dir
 
         ckpt_dir = resolve_checkpoint_dir(args.load, args.ckpt_step)
         if ckpt_dir is None:

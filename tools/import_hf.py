@@ -125,7 +125,7 @@ def check_output(out: str, overwrite: bool) -> None:
 def write_checkpoint(tmp: str, full: dict, cfg, tp: int, pp: int, run_config: dict) -> None:
     from safetensors.torch import save_file
 
-    from megatron_tf.training.checkpoint import FORMAT, LATEST, iter_dirname, shard_dirname
+    from megatron_tf.checkpoint.format import FORMAT, LATEST, iter_dirname, shard_dirname
 
     it = os.path.join(tmp, iter_dirname(0))
     for p in range(pp):
@@ -140,7 +140,7 @@ def write_checkpoint(tmp: str, full: dict, cfg, tp: int, pp: int, run_config: di
         with open(os.path.join(it, name), "w", encoding="utf-8") as fh:
             json.dump(obj, fh, indent=1, sort_keys=True)
     try:  # checksums.json as the trainer writes it, where this version of the trainer has checksums
-        from megatron_tf.training.checkpoint_integrity import merge_pieces
+        from megatron_tf.checkpoint.integrity import merge_pieces
     except ImportError:
         merge_pieces = None
     if merge_pieces is not None:
@@ -179,8 +179,9 @@ def main(argv=None) -> int:
 
 
 def _write(args, out, tp, pp, cfg, full, tokenizer, tok_type, tok_model, hf_rows, added) -> None:
+    from megatron_tf.tokenizer.config import TokenizerConfig
     from megatron_tf.training.arguments import Configs
-    from megatron_tf.training.config import TokenizerConfig, TrainingConfig
+    from megatron_tf.training.config import TrainingConfig
 
     if cfg.num_layers % pp and cfg.decoder_first_pipeline_num_layers is None:
         raise SystemExit(f"import_hf: {cfg.num_layers} layers cannot be split evenly over {pp} pipeline stages")

@@ -28,8 +28,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from megatron_tf.training.checkpoint import LATEST, CheckpointError, resolve_checkpoint_dir  # noqa: E402
-from megatron_tf.training.checkpoint_integrity import checkpoint_dirs, verify_checkpoint  # noqa: E402
+from megatron_tf.checkpoint.format import LATEST, CheckpointError, resolve_checkpoint_dir  # noqa: E402
+from megatron_tf.checkpoint.integrity import checkpoint_dirs, verify_checkpoint  # noqa: E402
 
 
 def _rate(nbytes: int, seconds: float) -> str:

@@ -45,7 +45,7 @@ def add_lora(model: nn.Module, rank: int = 8, alpha: float = 16.0, targets=DEFAU
     if rank < 1:
         raise ValueError(f"LoRA rank must be >= 1, got {rank}")
     if getattr(model, "tp_size", 1) != 1:
-        raise ValueError("LoRA here needs a whole model (TP = 1): load it with attacks.checkpoint_io")
+        raise ValueError("LoRA here needs a whole model (TP = 1): load it with megatron_tf.checkpoint.load_checkpoint")
     g = torch.Generator().manual_seed(seed)
     for p in model.parameters():
         p.requires_grad_(False)

@@ -31,12 +31,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from megatron_tf.checkpoint.derived import load_checkpoint
+from megatron_tf.checkpoint.load import read_run
 from megatron_tf.config.cli import opt
-from megatron_tf.training import checkpoint as ckpt
 from megatron_tf.utils.io import atomic_write
 from megatron_tf.utils.logging import get_logger
 
-from .checkpoint_io import load_checkpoint
 from .finetune import FinetuneSettings, finetune_run
 from .metric import aggregate_seeds, best_setting, percent_of_pretraining, tokens_to_baseline
 from .sets import PackedBatches, check_disjoint, load_documents
@@ -140,15 +140,9 @@ def _eval_documents(cfg: AttackConfig, tok) -> list:
 
 def checkpoint_meta(path: str) -> dict:
     """Arm, pretraining tokens (state.json tokens_seen) and provenance of a checkpoint, without loading weights."""
-    d = ckpt.resolve_checkpoint_dir(path, None)
-    if d is None:
-        raise ckpt.CheckpointError(f"{path}: no checkpoint (no `latest` file and not an iter_* directory)")
-    config = ckpt.read_json(os.path.join(d, "config.json"))
-    sp = os.path.join(d, "state.json")
-    state = ckpt.read_json(sp) if os.path.isfile(sp) else {}
-    return {"checkpoint": d, "arm": config.get("configs", {}).get("filter", {}).get("token_filter"),
-            "pretrain_tokens": state.get("tokens_seen"),
-            "derived_from": (config.get("derived_from") or {}).get("method")}
+    run = read_run(path)
+    return {"checkpoint": run.path, "arm": run.arm, "pretrain_tokens": run.state.get("tokens_seen"),
+            "derived_from": (run.config.get("derived_from") or {}).get("method")}
 
 
 def run_path(out: str, model: str, data: str, s: FinetuneSettings) -> str:

@@ -151,14 +151,14 @@ def train_arm(size: DemoSize, data: DemoData, arm: str, out_dir: str, seed: int,
 
 
 def evaluate_arm(save: str, arm: str, size_name: str, size: DemoSize, data: DemoData, out_dir: str) -> dict:
-    from ..training import load_model_from_checkpoint
+    from ..checkpoint.load import load_model
 
     evals = os.path.join(out_dir, "evals")
     path = os.path.join(evals, f"{size_name}-{arm}.json")
     if os.path.exists(path):
         with open(path) as f:
             return json.load(f)
-    model, cfgs, tok = load_model_from_checkpoint(save)
+    model, _, _, tok, run_record = load_model(save)
     with open(os.path.join(save, "DONE")) as f:
         trained = json.load(f)
     texts = {"forget_text": [data.heldout["medical"]], "retain_text": [data.heldout["biology"]],
@@ -169,10 +169,10 @@ def evaluate_arm(save: str, arm: str, size_name: str, size: DemoSize, data: Demo
         mmlu=os.path.join(DEMO_DIR, "eval", "mmlu.jsonl.xz"), medqa=os.path.join(DEMO_DIR, "eval", "medqa.jsonl.xz"),
         medmcqa=os.path.join(DEMO_DIR, "eval", "medmcqa.jsonl.xz"))
     run = {"name": f"{size_name}-{arm}", "arm": arm, "size": size_name, **trained}
-    result = evaluate_model(model, tok, cfg, seq_length=size.seq_length, run=run, train_configs=cfgs)
+    result = evaluate_model(model, tok, cfg, seq_length=size.seq_length, run=run, train_configs=run_record.configs)
     if data.eval_labels:  # the same losses with the filter's own labels: privileged, reported apart
         own = evaluate_model(model, tok, EvaluationConfig(**texts, eval_labels=data.filter_name),
-                             seq_length=size.seq_length, run=run, train_configs=cfgs)
+                             seq_length=size.seq_length, run=run, train_configs=run_record.configs)
         result["filter_label_losses"] = {role: own["loss"][role].get("token_level") for role in ROLES}
     write_results(result, evals)
     return result

@@ -4,10 +4,10 @@
     cfgs.model, cfgs.training, cfgs.optimizer, ...
 
 Each config owns its flags (Megatron-LM's names): ModelConfig (model/config.py), ParallelConfig (parallel/groups.py),
-GPTDatasetConfig and FilterConfig (data/config.py), CrossEntropyConfig (parallel/cross_entropy.py), and the trainer's
-TrainingConfig / TokenizerConfig (training/config.py), LRScheduleConfig, OptimizerConfig, CheckpointConfig,
-LoggingConfig, EvalConfig, DeepSpeedConfig. `--seq-length` and `--seed` (TrainingConfig) are copied into the data
-config and default the model's max_position_embeddings.
+GPTDatasetConfig and FilterConfig (data/config.py), CrossEntropyConfig (parallel/cross_entropy.py),
+TokenizerConfig (tokenizer/config.py) and the trainer's TrainingConfig (training/config.py), LRScheduleConfig,
+OptimizerConfig, CheckpointConfig (resume.py), LoggingConfig, EvalConfig, DeepSpeedConfig. `--seq-length` and
+`--seed` (TrainingConfig) are copied into the data config and default the model's max_position_embeddings.
 """
 
 from __future__ import annotations
@@ -21,14 +21,15 @@ from megatron_tf.data.config import FilterConfig, GPTDatasetConfig
 from megatron_tf.model.config import ModelConfig
 from megatron_tf.parallel.cross_entropy import CrossEntropyConfig
 from megatron_tf.parallel.groups import ParallelConfig
+from megatron_tf.tokenizer.config import TokenizerConfig
 
-from .checkpoint import CheckpointConfig
-from .config import TokenizerConfig, TrainingConfig
+from .config import TrainingConfig
 from .deepspeed_engine import DeepSpeedConfig
 from .evaluate import EvalConfig
 from .lr_schedule import LRScheduleConfig
 from .metrics import LoggingConfig
 from .optimizer import OptimizerConfig
+from .resume import CheckpointConfig
 
 # attribute name in Configs -> (class, argparse group title)
 CONFIG_CLASSES = {

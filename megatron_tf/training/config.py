@@ -1,9 +1,9 @@
-"""Trainer configs: what to train for how long (TrainingConfig) and with which tokenizer (TokenizerConfig).
+"""Trainer configs: what to train for how long (TrainingConfig).
 
 `--seq-length` and `--seed` live here and are copied into the model config (max_position_embeddings default) and
 the data config (`dataclasses.replace(data_cfg, seq_length=..., seed=...)`), as Megatron-LM shares them.
-Other trainer configs sit next to what they configure: OptimizerConfig (optimizer.py), LRScheduleConfig
-(lr_schedule.py), CheckpointConfig (checkpoint.py), LoggingConfig (metrics.py), DeepSpeedConfig
+Other configs sit next to what they configure: OptimizerConfig (optimizer.py), LRScheduleConfig (lr_schedule.py),
+CheckpointConfig (resume.py), TokenizerConfig (tokenizer/config.py), LoggingConfig (metrics.py), DeepSpeedConfig
 (deepspeed_engine.py), EvalConfig (evaluate.py).
 """
 
@@ -13,7 +13,6 @@ import math
 from dataclasses import dataclass, field
 
 from megatron_tf.config.cli import opt
-from megatron_tf.tokenizer.tokenizer import TOKENIZER_TYPES
 
 TRAIN_TOKEN_COUNTS = ("learned", "seen")
 
@@ -99,14 +98,3 @@ class TrainingConfig:
 
     def resolved_global_batch_size(self, dp_size: int) -> int:
         return self.micro_batch_size * dp_size * self.num_microbatches(dp_size)
-
-
-@dataclass
-class TokenizerConfig:
-    """Tokenizer (Megatron's flags)."""
-
-    tokenizer_type: str = field(default="SentencePieceTokenizer", metadata=opt(
-        "Tokenizer kind.", choices=TOKENIZER_TYPES))
-    tokenizer_model: str | None = field(default=None, metadata=opt("SentencePiece model or HF tokenizer path."))
-    vocab_size: int | None = field(default=None, metadata=opt(
-        "Vocabulary size of --tokenizer-type NullTokenizer (ids are whitespace-separated integers)."))

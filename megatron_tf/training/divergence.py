@@ -6,7 +6,7 @@ decision. A non-finite step is never applied: its gradients are dropped (DeepSpe
 update with a non-finite gradient norm itself, as its fp32 overflow check). `--skip-nonfinite-steps N` lets up to
 N such steps be skipped over the run (each logged; the iteration and its data are consumed, its learned tokens
 are not counted); one more stops the run with TrainingDiverged, which pretrain_gpt.py turns into exit status 1.
-Checkpoints are never written from a diverged state (training/checkpoint.py also refuses non-finite tensors).
+Checkpoints are never written from a diverged state (checkpoint/format.py also refuses non-finite tensors).
 
 Cost: one scalar all-reduce and one device->host transfer per step (the decision must reach the host before the
 update; Megatron-LM and torch's GradScaler synchronise the same way).

@@ -28,6 +28,8 @@ import time
 import torch
 import torch.distributed as dist
 
+from megatron_tf.checkpoint import format as ckpt
+from megatron_tf.checkpoint import states
 from megatron_tf.data.builder import build_gpt_datasets
 from megatron_tf.data.loader import build_pretraining_data_loader
 from megatron_tf.model import build_gpt_stage, model_flops_per_token, num_parameters
@@ -40,8 +42,8 @@ from megatron_tf.parallel.layers import allreduce_sequence_parallel_grads
 from megatron_tf.tokenizer.tokenizer import build_tokenizer
 from megatron_tf.utils.logging import get_logger
 
-from . import checkpoint as ckpt
 from . import deepspeed_engine as dse
+from . import resume
 from .arguments import Configs
 from .distributed import init_distributed
 from .divergence import DivergenceGuard, is_finite, nonfinite_step
@@ -111,26 +113,7 @@ class Trainer:
 
         # ---- resume (weights before wrapping) ----
         cc = cfgs.checkpoint
-        self.resume_dir = ckpt.resolve_checkpoint_dir(cc.load, cc.ckpt_step) if cc.load else None
-        self.resume_state: dict = {}
-        if cc.load and self.resume_dir is None:
-            log.info("--load %s holds no checkpoint yet: starting from scratch", cc.load)
-        if self.resume_dir is not None:
-            saved_cfg = ckpt.read_json(os.path.join(self.resume_dir, "config.json"))
-            ckpt.check_layout(self.resume_dir, saved_cfg, g.tp_size, g.pp_size)
-            ckpt.check_architecture(self.resume_dir, saved_cfg["configs"]["model"], dataclasses.asdict(self.model_cfg))
-            current = {**cfgs.to_dict(), "model": dataclasses.asdict(self.model_cfg)}
-            current.pop("checkpoint")  # where to load and save is not part of the run
-            ckpt.check_run_config(self.resume_dir, saved_cfg["configs"], current, cc.override_data_config,
-                                  cc.finetune)
-            sd = ckpt.load_model_shard(self.resume_dir, g.tp_rank, g.pp_rank)
-            missing, unexpected = self.module.load_state_dict(sd, strict=False)
-            if missing or unexpected:
-                raise ckpt.CheckpointError(f"{self.resume_dir}: shard {ckpt.shard_dirname(g.tp_rank, g.pp_rank)} "
-                                           f"missing {missing[:4]}, unexpected {unexpected[:4]}")
-            if not cc.finetune:
-                self.resume_state = ckpt.read_json(os.path.join(self.resume_dir, "state.json"))
-            log.info("loaded weights from %s", self.resume_dir)
+        saved_cfg = self._load_weights(cfgs)
 
         # ---- optimizer and data-parallel wrapper ----
         self.optimizer, self.param_names, self.optimizer_impl = build_optimizer(
@@ -158,7 +141,7 @@ class Trainer:
             if self.engine is not None:
                 dse.load_full_optimizer_state(self.engine, self.param_names, tensors, meta, where)
             else:
-                ckpt.load_optimizer_state(self.optimizer, self.param_names, tensors, meta, where)
+                states.load_optimizer_state(self.optimizer, self.param_names, tensors, meta, where)
 
         # ---- state ----
         rs = self.resume_state
@@ -187,7 +170,7 @@ class Trainer:
                 log.warning("%s: no RNG state for rank %d of a world of %d (saved with %s ranks): RNG not restored",
                             self.resume_dir, g.rank, g.world_size, saved_world)
             else:
-                ckpt.set_rng_state(r[0], r[1], self.module.rng)
+                states.set_rng_state(r[0], r[1], self.module.rng)
 
         # ---- pipeline P2P ----
         h = self.model_cfg.hidden_size
@@ -204,11 +187,40 @@ class Trainer:
         save = cc.save
         self.metrics = MetricsWriter(cfgs.logging, save, enabled=g.rank == 0, run_config=cfgs.to_dict())
         if g.rank == 0 and self.metrics.path and self.resume_dir is not None and rs:
-            ckpt.truncate_metrics(self.metrics.path, self.iteration)
+            resume.truncate_metrics(self.metrics.path, self.iteration)
         self.peak = peak_flops(self.device, self.bf16)
         self.bar = None
         if setup_hook is not None:
             setup_hook(self)
+
+    def _load_weights(self, cfgs: Configs) -> dict | None:
+        """--load: find the checkpoint, check its layout, architecture and data config against this run's, load this
+        rank's weights (and state.json unless --finetune). Returns the checkpoint's config.json (None: nothing to
+        load)."""
+        g, cc = self.groups, cfgs.checkpoint
+        saved_cfg = None
+        self.resume_dir = ckpt.resolve_checkpoint_dir(cc.load, cc.ckpt_step) if cc.load else None
+        self.resume_state: dict = {}
+        if cc.load and self.resume_dir is None:
+            log.info("--load %s holds no checkpoint yet: starting from scratch", cc.load)
+        if self.resume_dir is not None:
+            saved_cfg = ckpt.read_json(os.path.join(self.resume_dir, "config.json"))
+            resume.check_layout(self.resume_dir, saved_cfg, g.tp_size, g.pp_size)
+            resume.check_architecture(self.resume_dir, saved_cfg["configs"]["model"],
+                                      dataclasses.asdict(self.model_cfg))
+            current = {**cfgs.to_dict(), "model": dataclasses.asdict(self.model_cfg)}
+            current.pop("checkpoint")  # where to load and save is not part of the run
+            resume.check_run_config(self.resume_dir, saved_cfg["configs"], current, cc.override_data_config,
+                                    cc.finetune)
+            sd = ckpt.load_model_shard(self.resume_dir, g.tp_rank, g.pp_rank)
+            missing, unexpected = self.module.load_state_dict(sd, strict=False)
+            if missing or unexpected:
+                raise ckpt.CheckpointError(f"{self.resume_dir}: shard {ckpt.shard_dirname(g.tp_rank, g.pp_rank)} "
+                                           f"missing {missing[:4]}, unexpected {unexpected[:4]}")
+            if not cc.finetune:
+                self.resume_state = ckpt.read_json(os.path.join(self.resume_dir, "state.json"))
+            log.info("loaded weights from %s", self.resume_dir)
+        return saved_cfg
 
     # ------------------------------------------------------------------------------------------------------------
     # data
@@ -449,9 +461,9 @@ class Trainer:
             if self.engine is not None:
                 opt_state = dse.full_optimizer_state(self.engine, self.param_names)  # collective over DP
             elif g.dp_rank == 0:
-                opt_state = ckpt.optimizer_state(self.optimizer, self.param_names)
+                opt_state = states.optimizer_state(self.optimizer, self.param_names)
         payload = ckpt.RankPayload(g.rank, g.tp_rank, g.pp_rank, g.dp_rank == 0,
-                                   dict(self.module.state_dict()), opt_state, ckpt.rng_state(self.module.rng))
+                                   dict(self.module.state_dict()), opt_state, states.rng_state(self.module.rng))
         state = {"iteration": self.iteration, "consumed_samples": self.consumed_samples,
                  "tokens_seen": self.tokens_seen, "tokens_learned": self.tokens_learned,
                  "train_samples": self.train_samples, "global_batch_size": self.gbs,

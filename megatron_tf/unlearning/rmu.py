@@ -165,7 +165,7 @@ def run_rmu(model: torch.nn.Module, forget_rows: Sequence[Row], retain_rows: Seq
             pad_id: int, *, progress: bool = True) -> RMUResult:
     """Update `model` in place with RMU; returns what was done. The model must be whole (TP = 1, all layers)."""
     if getattr(model, "tp_size", 1) != 1:
-        raise ValueError("RMU runs on a whole model in one process (load it with attacks.checkpoint_io)")
+        raise ValueError("RMU runs on a whole model in one process (megatron_tf.checkpoint.load_checkpoint)")
     device = next(model.parameters()).device
     lid, ids = cfg.resolve_layers(model.config.num_layers)
     selected = select_parameters(model, ids, cfg.param_names)

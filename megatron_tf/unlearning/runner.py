@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from megatron_tf.attacks.checkpoint_io import load_checkpoint, save_checkpoint
 from megatron_tf.attacks.sets import check_disjoint, document_rows, load_documents
+from megatron_tf.checkpoint.derived import load_checkpoint, save_checkpoint
 from megatron_tf.config.cli import opt
 from megatron_tf.evaluation.runner import EvaluationConfig, evaluate_model
 from megatron_tf.utils.io import atomic_write

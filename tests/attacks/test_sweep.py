@@ -10,9 +10,9 @@ import os
 import pytest
 import torch
 
-from megatron_tf.attacks.checkpoint_io import load_checkpoint
 from megatron_tf.attacks.finetune import FinetuneSettings
 from megatron_tf.attacks.sweep import AttackConfig, run_path, run_sweep
+from megatron_tf.checkpoint.derived import load_checkpoint
 from tests.attacks.tiny_checkpoint import texts, tiny_sp_checkpoint, write_texts
 
 

@@ -1,5 +1,5 @@
 """A real TP=2 checkpoint from the trainer (1 step, 2 gloo processes, --token-filter mask): evaluated as a TP=2
-model from its own shards in the same processes, and by tools/evaluate.py through load_model_from_checkpoint (TP
+model from its own shards in the same processes, and by tools/evaluate.py through megatron_tf.checkpoint.load_model (TP
 shards merged into one process): identical numbers; the run metadata comes from the checkpoint."""
 
 import json
@@ -8,13 +8,13 @@ import os
 import pytest
 import torch.distributed as dist
 
+from megatron_tf.checkpoint.format import load_model_shard, read_json, resolve_checkpoint_dir
 from megatron_tf.evaluation import EvaluationConfig, evaluate_model
 from megatron_tf.model import ModelConfig
 from megatron_tf.model.gpt import GPTModel
 from megatron_tf.parallel.groups import build_parallel_groups
 from megatron_tf.tokenizer.tokenizer import NullTokenizer
 from megatron_tf.training import pretrain
-from megatron_tf.training.checkpoint import load_model_shard, read_json, resolve_checkpoint_dir
 from tests.dist_utils import init_gloo, run_distributed
 from tests.training.synth import VOCAB, make_data, tiny_args
 from tools import evaluate as evaluate_tool

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from megatron_tf.attacks.checkpoint_io import load_checkpoint
+from megatron_tf.checkpoint.derived import load_checkpoint
 from megatron_tf.refusal.build_sets import write_jsonl_xz
 from megatron_tf.refusal.chat import REFUSAL, encode, refusal_template_ids
 from megatron_tf.refusal.train import RefusalConfig, run_refusal

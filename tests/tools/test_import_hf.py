@@ -49,7 +49,7 @@ def _hf_tensors(path):
 @pytest.mark.parametrize("kw", [{}, {"tie_word_embeddings": True, "num_key_value_heads": 4, "head_dim": 16,
                                      "rope_theta": 1e6}])
 def test_round_trip_bit_equal_and_logits_equal(tmp_path, kw):
-    from megatron_tf.attacks.checkpoint_io import load_checkpoint  # what the RMU, attack and refusal tools load
+    from megatron_tf.checkpoint.derived import load_checkpoint  # what the RMU, attack and refusal tools load
 
     model = _make_llama(tmp_path / "hf", **kw)
     assert _import(tmp_path / "hf", tmp_path / "ckpt", tp=2, pp=2) == 0
@@ -78,10 +78,9 @@ def test_round_trip_bit_equal_and_logits_equal(tmp_path, kw):
 
 
 def _tp2_worker(rank, world, rdzv, ckpt, ids, ref):
+    from megatron_tf.checkpoint.format import load_model_shard, read_json
     from megatron_tf.model import build_gpt_stage
     from megatron_tf.parallel.groups import build_parallel_groups
-    from megatron_tf.training.api import merged_state_dict  # noqa: F401 (the trainer's package imports)
-    from megatron_tf.training.checkpoint import load_model_shard, read_json
 
     init_gloo(rank, world, rdzv)
     groups = build_parallel_groups(2, 1)
@@ -165,7 +164,7 @@ def test_add_reserved_tokens_to_an_outside_tokenizer(tmp_path):
     vocabulary equal transformers'."""
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
-    from megatron_tf.attacks.checkpoint_io import load_checkpoint
+    from megatron_tf.checkpoint.derived import load_checkpoint
     from megatron_tf.utils.jsonl import iter_texts
 
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

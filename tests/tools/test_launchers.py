@@ -21,7 +21,8 @@ import sys
 import pytest
 import torch
 
-from megatron_tf.training import load_model_from_checkpoint, pretrain
+from megatron_tf.checkpoint import load_model
+from megatron_tf.training import pretrain
 from tests.training.synth import make_data, tiny_args
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:.*meta.json not found")]
@@ -75,7 +76,7 @@ def reference(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("launch")
     prefix = make_data(tmp)
     r = pretrain(tiny_args(prefix, iters=3, extra=[*FILTER, "--save", str(tmp / "ref")]))
-    return tmp, prefix, r, load_model_from_checkpoint(str(tmp / "ref")).model.state_dict()
+    return tmp, prefix, r, load_model(str(tmp / "ref")).model.state_dict()
 
 
 def _check(save, ref, ref_sd, out):
@@ -87,7 +88,7 @@ def _check(save, ref, ref_sd, out):
     assert learned == ref.learned_per_step and 0 < min(learned) < 8 * 16  # the mask hides some tokens every step
     cfg = json.load(open(os.path.join(save, "iter_0000003", "config.json")))
     assert cfg["parallel"]["world_size"] == 2
-    sd = load_model_from_checkpoint(save).model.state_dict()
+    sd = load_model(save).model.state_dict()
     for k in ref_sd:
         torch.testing.assert_close(sd[k], ref_sd[k], rtol=1e-4, atol=1e-6, msg=lambda m, k=k: f"{k}: {m}")
 

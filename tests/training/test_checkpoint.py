@@ -13,9 +13,10 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from megatron_tf.training import load_model_from_checkpoint, pretrain
-from megatron_tf.training.checkpoint import CheckpointError
-from megatron_tf.training.checkpoint_integrity import file_entry
+from megatron_tf.checkpoint import load_model
+from megatron_tf.checkpoint.format import CheckpointError
+from megatron_tf.checkpoint.integrity import file_entry
+from megatron_tf.training import pretrain
 from tests.training.synth import make_data, tiny_args
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*meta.json not found")
@@ -109,11 +110,11 @@ def test_layout_formats_and_loading(data, tmp_path):
     assert train[0]["mfu"] is None  # CPU: no peak FLOP/s
 
     # the merged single-process model gives the trainer's logits
-    model, configs, tok = load_model_from_checkpoint(save)
+    model, _, _, tok, run = load_model(save)
     ids = torch.randint(0, 103, (2, 16))
     with torch.no_grad():
         torch.testing.assert_close(model(input_ids=ids), trainer.module.eval()(input_ids=ids), rtol=0, atol=0)
-    assert configs.training.seq_length == 16 and tok.vocab_size == 103
+    assert run.seq_length == 16 and tok.vocab_size == 103
 
     # a different TP size is refused with both sizes named
     with pytest.raises(CheckpointError, match="tensor-parallel size 2.*this run has 1"):
@@ -136,7 +137,7 @@ def test_export_hf_from_checkpoint(data, tmp_path):
     pretrain(tiny_args(data, iters=1, extra=["--save", save, "--eval-iters", "0"]))
     assert export_hf.main(["--load", save, "--output", str(tmp_path / "hf"), "--keep-padded-vocab"]) == 0
     hf = LlamaForCausalLM.from_pretrained(str(tmp_path / "hf")).eval()
-    model = load_model_from_checkpoint(save).model
+    model = load_model(save).model
     ids = torch.randint(0, 103, (2, 16))
     with torch.no_grad():
         torch.testing.assert_close(hf(ids).logits, model(input_ids=ids), rtol=1e-4, atol=1e-5)
@@ -191,7 +192,8 @@ def test_resume_with_changed_data_or_filter_is_refused_unless_overridden(data, t
 
 @pytest.mark.parametrize("field,value", [("rotary_base", 500000.0), ("norm_epsilon", 1e-6), ("num_layers", 3)])
 def test_architecture_check_names_the_field(field, value):
-    from megatron_tf.training.checkpoint import CheckpointError, check_architecture
+    from megatron_tf.checkpoint.format import CheckpointError
+    from megatron_tf.training.resume import check_architecture
 
     saved = {"num_layers": 2, "hidden_size": 32, "rotary_base": 10000.0, "norm_epsilon": 1e-5}
     check_architecture("ckpt/iter_0000001", saved, dict(saved))

@@ -22,7 +22,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from megatron_tf.training import load_model_from_checkpoint, pretrain
+from megatron_tf.checkpoint import load_model
+from megatron_tf.training import pretrain
 from tests.dist_utils import init_gloo, run_distributed
 from tests.model.reference import reference_logits
 from tests.training.synth import make_data, tiny_args
@@ -120,7 +121,7 @@ def references(tmp_path_factory):
         assert r.learned_per_step == ind["counts"], filt  # the trainer counts what the dataset says is learned
         assert 0 < min(ind["counts"]) and max(ind["counts"]) < GBS * 16  # the filter hides something every step
         assert r.losses[0] == pytest.approx(ind["loss0"], rel=1e-5, abs=0), filt
-        refs[filt] = (r, load_model_from_checkpoint(f"{tmp}/ref_{filt}").model.state_dict())
+        refs[filt] = (r, load_model(f"{tmp}/ref_{filt}").model.state_dict())
     return tmp, prefix, refs
 
 
@@ -140,7 +141,7 @@ def _compare(tmp, refs, results: list[dict], name: str, dp: int, filters=FILTERS
             torch.testing.assert_close(res[key]["losses"], ref.losses, rtol=2e-6, atol=0, msg=f"{key}: losses")
             assert res[key]["learned"] == ref.learned_per_step, key
         torch.testing.assert_close(got["grad_norms"], ref.grad_norms, rtol=1e-5, atol=0, msg=f"{key}: grad norms")
-        sd = load_model_from_checkpoint(f"{tmp}/{key}").model.state_dict()
+        sd = load_model(f"{tmp}/{key}").model.state_dict()
         assert sd.keys() == ref_sd.keys()
         for k in sd:
             torch.testing.assert_close(sd[k], ref_sd[k], rtol=1e-4, atol=1e-6,

@@ -1,14 +1,15 @@
 """Parallel training equals one process: TP=2 with sequence parallelism, PP=2 with tied embeddings (1F1B, embedding
 group), DP=2 (DDP) on 2 gloo processes; TP=2 x PP=2 (+SP) and PP=2 x DP=2 (explicit DP all-reduce) on 4. Same loss curve
 and gradient norms (global norm over TP/PP: duplicates counted once) as the single-process run over 4 steps with 4
-microbatches, and the same final weights (checkpoint shards merged by load_model_from_checkpoint)."""
+microbatches, and the same final weights (checkpoint shards merged by megatron_tf.checkpoint.load_model)."""
 
 import json
 
 import pytest
 import torch
 
-from megatron_tf.training import load_model_from_checkpoint, pretrain
+from megatron_tf.checkpoint import load_model
+from megatron_tf.training import pretrain
 from tests.dist_utils import init_gloo, run_distributed
 from tests.training.synth import make_data, tiny_args
 
@@ -44,7 +45,7 @@ def references(tmp_path_factory):
     for tied in (False, True):
         extra = (TIED if tied else []) + ["--save", f"{tmp}/ref_{int(tied)}"]
         r = pretrain(tiny_args(prefix, extra=extra))
-        refs[tied] = (r, load_model_from_checkpoint(f"{tmp}/ref_{int(tied)}").model.state_dict())
+        refs[tied] = (r, load_model(f"{tmp}/ref_{int(tied)}").model.state_dict())
     return tmp, prefix, refs
 
 
@@ -56,7 +57,7 @@ def _compare(tmp, refs, runs, results):
         assert got["learned"] == ref.learned_per_step, name
         torch.testing.assert_close(got["losses"], ref.losses, rtol=2e-6, atol=0, msg=f"{name}: losses")
         torch.testing.assert_close(got["grad_norms"], ref.grad_norms, rtol=1e-5, atol=0, msg=f"{name}: grad norms")
-        sd = load_model_from_checkpoint(f"{tmp}/{name}").model.state_dict()
+        sd = load_model(f"{tmp}/{name}").model.state_dict()
         assert sd.keys() == ref_sd.keys()
         for k in sd:
             torch.testing.assert_close(sd[k], ref_sd[k], rtol=1e-4, atol=1e-6,

@@ -9,7 +9,7 @@ import os
 import pytest
 import torch
 
-from megatron_tf.attacks.checkpoint_io import load_checkpoint
+from megatron_tf.checkpoint.derived import load_checkpoint
 from megatron_tf.evaluation.runner import EvaluationConfig, evaluate_model
 from megatron_tf.unlearning.rmu import RMUConfig
 from megatron_tf.unlearning.runner import RMUJobConfig, run_job

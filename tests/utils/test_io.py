@@ -5,9 +5,9 @@ import os
 
 import pytest
 
+from megatron_tf.checkpoint.format import CheckpointError
+from megatron_tf.checkpoint.format import read_json as read_checkpoint_json
 from megatron_tf.data.builder import DatasetMetaError
-from megatron_tf.training.checkpoint import CheckpointError
-from megatron_tf.training.checkpoint import read_json as read_checkpoint_json
 from megatron_tf.utils.io import atomic_write, read_json
 
 

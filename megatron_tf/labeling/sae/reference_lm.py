@@ -199,8 +199,8 @@ class CallableReferenceLM:
 
 
 def is_megatron_tf_checkpoint(path: str) -> bool:
-    """A trainer --save directory (a `latest` file) or one of its iter_* directories (training/checkpoint.py)."""
-    from ...training.checkpoint import resolve_checkpoint_dir
+    """A trainer --save directory (a `latest` file) or one of its iter_* directories (checkpoint/format.py)."""
+    from ...checkpoint.format import resolve_checkpoint_dir
 
     if not os.path.isdir(path):
         return False
@@ -213,22 +213,22 @@ def is_megatron_tf_checkpoint(path: str) -> bool:
 def megatron_tf_reference_lm(path: str, layer: int, *, device: str = "cpu", dtype: str = "float32",
                              context_size: int = 1024, bos: str = "auto") -> CallableReferenceLM:
     """A megatron_tf checkpoint as the reference LM: TP/PP shards merged into one model
-    (training.api.load_model_from_checkpoint), the run's own tokenizer (character offsets from
+    (megatron_tf.checkpoint.load_model), the run's own tokenizer (character offsets from
     `tokenize_with_offsets`), the residual stream after block `layer` read with model/taps.LayerTap (later blocks
     not run). BOS (`--bos auto`): the tokenizer's <|endoftext|>, the separator the model saw before every document
     in training. Windows are right-padded (causal attention: padding never reaches a real position; tested).
     `context_size` may not exceed the run's --seq-length (RoPE is not asked to extrapolate)."""
+    from ...checkpoint.load import load_model
     from ...model.taps import LayerTap
-    from ...training.api import load_model_from_checkpoint
 
-    model, cfgs, tok = load_model_from_checkpoint(path, device=device, dtype=_dtype(dtype))
+    model, _, tcfg, tok, run = load_model(path, device=device, dtype=_dtype(dtype))
     if tok is None:
-        raise FileNotFoundError(f"{path}: the run's tokenizer file ({cfgs.tokenizer.tokenizer_model}) is gone; the "
+        raise FileNotFoundError(f"{path}: the run's tokenizer file ({tcfg.tokenizer_model}) is gone; the "
                                 "reference LM needs it to map labels back to characters")
     num_layers = model.config.num_layers
     if not 0 <= layer < num_layers:
         raise ValueError(f"--hook-layer {layer} outside the {num_layers} blocks of {path}")
-    seq = cfgs.training.seq_length
+    seq = run.seq_length
     if context_size > seq:
         raise ValueError(f"--context-size {context_size} exceeds the checkpoint's --seq-length {seq} ({path})")
     if bos == "auto":

@@ -78,14 +78,15 @@ def test_megatron_tf_checkpoint_as_reference_lm(tmp_path):
     """A trainer checkpoint opens as a reference LM: the run's tokenizer, BOS = <|endoftext|>, and the residual
     after block L equals the output of decoder.layers[L] of the same weights run in full (float64, one sequence,
     unpadded), for a padded batch of two lengths."""
-    from megatron_tf.training import load_model_from_checkpoint, pretrain
+    from megatron_tf.checkpoint import load_model
+    from megatron_tf.training import pretrain
     from tests.training.synth import make_data, tiny_args
 
     prefix = make_data(tmp_path, n_docs=40)
     save = str(tmp_path / "ckpt")
     pretrain(tiny_args(prefix, iters=2, extra=["--save", save, "--eval-iters", "0"]))
     lm = load_reference_lm(save, 0, context_size=16)
-    model, _cfgs, tok = load_model_from_checkpoint(save, dtype=torch.float64)
+    model, _, _, tok, _ = load_model(save, dtype=torch.float64)
     assert lm.num_layers == 2 and lm.d_model == 32 and lm.layer == 0 and lm.bos_id == tok.eod
     assert lm.describe()["tokenizer_fingerprint"] == tok.fingerprint
     ids, offs = lm.tokenize_with_offsets("5 17 99")

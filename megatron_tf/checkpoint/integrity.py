@@ -37,7 +37,7 @@ _warned_unverified: set[str] = set()
 
 
 class CheckpointError(ValueError):
-    """A checkpoint cannot be used (missing, another layout, corrupt); training.checkpoint re-exports it."""
+    """A checkpoint cannot be used (missing, another layout, corrupt)."""
 
 
 class CheckpointCorrupt(CheckpointError):

@@ -1,15 +1,15 @@
 """Load a trainer checkpoint as one whole model and save a modified model in the trainer's checkpoint format.
 
-    base = load_checkpoint("runs/demo/ckpt/none")            # TP/PP shards merged (load_model_from_checkpoint)
-    base.model, base.tokenizer, base.seq_length, base.pretrain_tokens, base.config, base.state
+    base = load_checkpoint("runs/demo/ckpt/none")            # TP/PP shards merged (load.py's load_model)
+    base.model, base.tokenizer, base.seq_length, base.pretrain_tokens, base.config, base.state, base.arm
     save_checkpoint(model, base, "runs/rmu", provenance={"method": "rmu", ...})
 
-The saved checkpoint is a TP = 1, PP = 1 checkpoint of the trainer (megatron_tf/training/checkpoint.py, layout in
+The saved checkpoint is a TP = 1, PP = 1 checkpoint of the trainer (format.py, layout in
 docs/training.md): `latest`, iter_N/config.json (the source run's configs, with the merged model config and parallel
 sizes 1, plus `derived_from`: the source checkpoint and the provenance dict), iter_N/state.json (the source's state:
 iteration, tokens seen / learned by PRETRAINING, so reports can relate attack tokens to pretraining tokens),
 iter_N/mp_rank_00_000/model.safetensors and the RNG files. No optimizer state. tools/evaluate.py, tools/export_hf.py,
-load_model_from_checkpoint and `pretrain(--load ... --finetune)` read it like any other checkpoint.
+load_model and `pretrain(--load ... --finetune)` read it like any other checkpoint.
 """
 
 from __future__ import annotations
@@ -21,22 +21,23 @@ from dataclasses import dataclass
 
 import torch
 
-from megatron_tf.training import checkpoint as ckpt
-from megatron_tf.training.api import load_model_from_checkpoint
+from . import format as ckpt
+from .integrity import CheckpointError
+from .load import load_model
+from .states import rng_state
 
 
 @dataclass
 class LoadedCheckpoint:
     path: str  # the iter_* directory
     model: torch.nn.Module
-    configs: object  # training.arguments.Configs
     tokenizer: object
     config: dict  # config.json
     state: dict  # state.json ({} when absent)
 
     @property
     def seq_length(self) -> int:
-        return int(self.configs.training.seq_length)
+        return int(self.config["configs"]["training"]["seq_length"])
 
     @property
     def pretrain_tokens(self) -> int | None:
@@ -46,21 +47,16 @@ class LoadedCheckpoint:
 
     @property
     def arm(self) -> str | None:
+        """The source run's --token-filter."""
         return self.config.get("configs", {}).get("filter", {}).get("token_filter")
 
 
 def load_checkpoint(path: str, device: str | torch.device = "cpu", ckpt_step: int | None = None
                     ) -> LoadedCheckpoint:
-    ckpt_dir = ckpt.resolve_checkpoint_dir(path, ckpt_step)
-    if ckpt_dir is None:
-        raise ckpt.CheckpointError(f"{path}: no checkpoint (no `latest` file and not an iter_* directory)")
-    model, configs, tokenizer = load_model_from_checkpoint(ckpt_dir, device=device)
-    if tokenizer is None:
-        raise ckpt.CheckpointError(f"{ckpt_dir}: the tokenizer of this run cannot be rebuilt (its file moved?)")
-    config = ckpt.read_json(os.path.join(ckpt_dir, "config.json"))
-    state_path = os.path.join(ckpt_dir, "state.json")
-    state = ckpt.read_json(state_path) if os.path.isfile(state_path) else {}
-    return LoadedCheckpoint(ckpt_dir, model, configs, tokenizer, config, state)
+    m = load_model(path, device=device, ckpt_step=ckpt_step)
+    if m.tokenizer is None:
+        raise CheckpointError(f"{m.run.path}: the tokenizer of this run cannot be rebuilt (its file moved?)")
+    return LoadedCheckpoint(m.run.path, m.model, m.tokenizer, m.run.config, m.run.state)
 
 
 def save_checkpoint(model: torch.nn.Module, source: LoadedCheckpoint, save_dir: str, provenance: dict,
@@ -88,5 +84,5 @@ def save_checkpoint(model: torch.nn.Module, source: LoadedCheckpoint, save_dir: 
     state.setdefault("iteration", iteration)
     payload = ckpt.RankPayload(rank=0, tp_rank=0, pp_rank=0, write_shard=True,
                                model={k: v.detach().to("cpu", torch.float32) for k, v in model.state_dict().items()},
-                               optimizer=None, rng=ckpt.rng_state(getattr(model, "rng", None)))
+                               optimizer=None, rng=rng_state(getattr(model, "rng", None)))
     return ckpt.save_checkpoint(save_dir, iteration, payload, cfg, state)

@@ -11,10 +11,12 @@ import struct
 import pytest
 import torch
 
-from megatron_tf.training import checkpoint as ckpt
-from megatron_tf.training import load_model_from_checkpoint, pretrain
-from megatron_tf.training.checkpoint import CheckpointCorrupt, CheckpointError
-from megatron_tf.training.checkpoint_integrity import verify_checkpoint
+from megatron_tf.checkpoint import format as ckpt
+from megatron_tf.checkpoint import load_model
+from megatron_tf.checkpoint.format import CheckpointCorrupt, CheckpointError
+from megatron_tf.checkpoint.integrity import verify_checkpoint
+from megatron_tf.checkpoint.states import rng_state
+from megatron_tf.training import pretrain
 from megatron_tf.utils.checksum import digest_file
 from tests.training.synth import tiny_args, two_checkpoint_run
 
@@ -68,14 +70,14 @@ def test_flipped_byte_in_model_data_is_caught_on_load(copy):
     _flip(model, _tensor_data_offset(model) + 100)  # in the tensor data, not the header: it would load silently
     with pytest.raises(CheckpointCorrupt, match=r"model\.safetensors: file checksum mismatch .*previous complete "
                                                 r"checkpoint is .*iter_0000001: load it with --ckpt-step 1"):
-        load_model_from_checkpoint(save)
+        load_model(save)
     with pytest.raises(CheckpointCorrupt, match=r"mp_rank_00_000/model\.safetensors"):
         pretrain(tiny_args(prefix, iters=3, extra=["--load", save, "--save", save]))
     assert open(os.path.join(save, "latest")).read() == "iter_0000002\n"  # nothing was overwritten
     _, _, problems = verify_checkpoint(os.path.join(save, "iter_0000002"))
     assert len(problems) == 1 and "model.safetensors" in problems[0]
     # the previous checkpoint is intact and loads
-    assert load_model_from_checkpoint(save, ckpt_step=1).model is not None
+    assert load_model(save, ckpt_step=1).model is not None
 
 
 def test_partly_written_file_names_the_file_and_the_previous_checkpoint(copy):
@@ -86,12 +88,12 @@ def test_partly_written_file_names_the_file_and_the_previous_checkpoint(copy):
         f.truncate(os.path.getsize(model) // 2)
     with pytest.raises(CheckpointCorrupt, match=r"model\.safetensors: \d+ bytes, \d+ when written \(truncated.*"
                                                 r"previous complete checkpoint is .*iter_0000001"):
-        load_model_from_checkpoint(save)
+        load_model(save)
     # a checkpoint written before checksums (no checksums.json): safetensors' own error, now naming the file
     os.remove(os.path.join(d, "checksums.json"))
     with pytest.raises(CheckpointCorrupt, match=r"model\.safetensors: cannot read the safetensors file "
                                                 r"\(SafetensorError.*previous complete checkpoint is .*iter_0000001"):
-        load_model_from_checkpoint(save)
+        load_model(save)
 
 
 def test_load_without_latest_refuses_and_names_the_newest(copy):
@@ -110,7 +112,7 @@ def test_load_without_latest_refuses_and_names_the_newest(copy):
 
 def _payload(value: float = 0.5):
     model = {"w": torch.full((4, 4), value), "b": torch.zeros(4)}
-    return ckpt.RankPayload(0, 0, 0, True, model, None, ckpt.rng_state())
+    return ckpt.RankPayload(0, 0, 0, True, model, None, rng_state())
 
 
 @pytest.mark.parametrize("umask, file_mode, dir_mode", [(0o022, 0o644, 0o755), (0o027, 0o640, 0o750)])
@@ -141,7 +143,7 @@ def test_non_finite_weights_are_never_saved(tmp_path):
 
 
 def test_write_manifest_for_single_process_writers(tmp_path):
-    from megatron_tf.training.checkpoint_integrity import write_manifest
+    from megatron_tf.checkpoint.integrity import write_manifest
 
     d = tmp_path / "iter_0000000"
     (d / "mp_rank_00_000").mkdir(parents=True)
