@@ -7,8 +7,8 @@ Each size is a classifier artifact (two LMs + a logistic probe; random weights u
 throughput does not depend on the values) annotating a dataset end to end through the annotation runner
 (labeling/annotate.py: read, window, batch, both LMs, probe, quantise, write sidecars), one process with all CPU
 threads (or one GPU). Reported per (size, layer): tokens/s, achieved FLOP/s (annotation FLOPs from the cost
-accounting, classifier/cost.py, divided by wall time), positions read per token (separator + window overlap) and
-the padding overhead of the length-sorted batches, and the annotation cost as a fraction of the pretraining
+accounting, labeling/classifier/cost.py, divided by wall time), positions read per token (separator + window overlap)
+and the padding overhead of the length-sorted batches, and the annotation cost as a fraction of the pretraining
 compute 6 N D of a 1.8B model (the paper's ratio: a 224M biLM for a 1.8B model).
 
 Sizes (per LM; a biLM is two of them): demo = the CPU demo's LMs (4 x 128, vocab 8192); 112m = 12 x 768, 12 heads,
@@ -33,13 +33,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.bench_common import machine_info as common_machine_info  # noqa: E402
 from benchmarks.bench_common import write_json  # noqa: E402
-from megatron_tf.classifier.artifact import LMSpec, read_config, save_classifier  # noqa: E402
-from megatron_tf.classifier.cost import paper_arithmetic  # noqa: E402
-from megatron_tf.classifier.features import padded_positions  # noqa: E402
-from megatron_tf.classifier.labeler import ClassifierLabeler  # noqa: E402
-from megatron_tf.classifier.probe import Probe  # noqa: E402
 from megatron_tf.data.indexed_dataset import IndexedDataset, write_dataset  # noqa: E402
 from megatron_tf.labeling.annotate import annotate  # noqa: E402
+from megatron_tf.labeling.classifier.artifact import LMSpec, read_config, save_classifier  # noqa: E402
+from megatron_tf.labeling.classifier.cost import paper_arithmetic  # noqa: E402
+from megatron_tf.labeling.classifier.features import padded_positions  # noqa: E402
+from megatron_tf.labeling.classifier.labeler import ClassifierLabeler  # noqa: E402
+from megatron_tf.labeling.classifier.probe import Probe  # noqa: E402
 from megatron_tf.model.config import ModelConfig  # noqa: E402
 from megatron_tf.model.flops import num_parameters  # noqa: E402
 from megatron_tf.model.gpt import build_gpt_stage  # noqa: E402

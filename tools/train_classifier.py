@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Train a biLM token classifier: layer sweep, class-balanced probe, forward-only baseline, one artifact directory
-(logic: megatron_tf/classifier/train.py; docs/classifier.md).
+(logic: megatron_tf/labeling/classifier/train.py; docs/classifier.md).
 
     python tools/train_classifier.py --forward-lm runs/lm_fwd --reversed-lm runs/lm_rev \
         --train-data P1 P2 P3 --label-name forget --label-threshold 0.5 --output runs/cls \
@@ -14,7 +14,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from megatron_tf.classifier.train import main  # noqa: E402
+from megatron_tf.labeling.classifier.train import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

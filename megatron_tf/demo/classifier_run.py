@@ -114,7 +114,7 @@ def check_labels(data) -> dict:
 
 def train_classifiers(data, out: str, seed: int) -> dict:
     """cls_bilm (+ cls_forward) and cls_bilm_mlp on the teacher labels; returns the training report."""
-    from ..classifier.train import TrainClassifierConfig, train_classifier
+    from ..labeling.classifier.train import TrainClassifierConfig, train_classifier
     from .data_stage import DOMAINS
 
     bi, fo, mlp = (os.path.join(out, n) for n in ("cls_bilm", "cls_forward", "cls_bilm_mlp"))
@@ -135,7 +135,7 @@ def train_classifiers(data, out: str, seed: int) -> dict:
 
 def evaluate(data, out: str) -> dict:
     """The two held-out evaluations (module doc, step 4); returns {name: report}."""
-    from ..classifier.evaluate import EvalClassifierConfig, evaluate_classifiers
+    from ..labeling.classifier.evaluate import EvalClassifierConfig, evaluate_classifiers
     from .data_stage import DOMAINS, EVAL_LABELS
 
     heldout = [data.heldout[d] for d in DOMAINS]
@@ -170,8 +170,8 @@ def copy_results(out: str, results: str) -> None:
 
 def run(out: str, seed: int = 1234, results: str | None = None, demo_dir: str | None = None,
         lm: dict | None = None) -> dict:
-    from ..classifier.evaluate import format_report
-    from ..classifier.train import format_sweep
+    from ..labeling.classifier.evaluate import format_report
+    from ..labeling.classifier.train import format_sweep
     from .data_stage import DEMO_DIR, FILTER_TERMS, prepare_demo_data
 
     os.makedirs(out, exist_ok=True)

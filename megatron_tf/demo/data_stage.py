@@ -124,7 +124,7 @@ def prepare_demo_data(out_dir: str, demo_dir: str = DEMO_DIR, workers: int = 1,
             data.eval_labels = EVAL_LABELS
         targets[split][dom] = prefix
     if classifier:
-        from ..classifier.labeler import ClassifierLabeler
+        from ..labeling.classifier.labeler import ClassifierLabeler
 
         cls = ClassifierLabeler(classifier, device="auto")
         cls.check_tokenizer(tok)

@@ -458,7 +458,7 @@ def build_labeler(cfg: AnnotateConfig, tokenizer, sae_options=None, classifier_o
     """`sae_options`: a labeling.sae.SAELabelerOptions, for --labeler sae; `classifier_options`: a
     classifier.config.ClassifierOptions, for --labeler classifier."""
     if cfg.labeler == "classifier":
-        from ..classifier.labeler import ClassifierLabeler
+        from .classifier.labeler import ClassifierLabeler
 
         if classifier_options is None:
             raise ValueError("--labeler classifier needs --classifier DIR")
@@ -532,7 +532,7 @@ def _run_one(cfg: AnnotateConfig, sae_options, classifier_options) -> AnnotateSu
 
 def _cost_notes(cfg: AnnotateConfig, summary: AnnotateSummary, labeler, classifier_options) -> None:
     if cfg.labeler == "classifier":
-        from ..classifier.cost import cost_lines
+        from .classifier.cost import cost_lines
 
         lengths = np.diff(IndexedDataset(cfg.data_prefix).document_token_offsets())
         summary.notes += cost_lines(labeler.cost(lengths), classifier_options.pretrain_params,
@@ -549,7 +549,7 @@ def build_parser():
     from .sae.config import SAELabelerOptions
 
     add_dataclass_args(p, SAELabelerOptions, "SAE labeler (--labeler sae; docs/sae_labels.md)")
-    from ..classifier.config import ClassifierOptions
+    from .classifier.config import ClassifierOptions
 
     add_dataclass_args(p, ClassifierOptions, "classifier labeler (--labeler classifier; docs/classifier.md)")
     return p
@@ -572,7 +572,7 @@ def main(argv: list[str] | None = None) -> int:
             sae_options = dataclass_from_args(SAELabelerOptions, args)
         classifier_options = None
         if cfg.labeler == "classifier":
-            from ..classifier.config import ClassifierOptions
+            from .classifier.config import ClassifierOptions
 
             classifier_options = dataclass_from_args(ClassifierOptions, args)
         summary = run(cfg, sae_options, classifier_options)

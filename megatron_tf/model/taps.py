@@ -6,7 +6,7 @@
 "The output of block l" is the residual stream block l + 1 reads (Gemma Scope's `blocks.l.hook_resid_post`). Hooks
 sit on `model.embedding` and `model.decoder.layers[str(l)]`; the hook of the deepest requested layer raises to stop
 the forward pass, so the blocks after it, the final norm and the output layer are never run. The model code is
-untouched. Users: the biLM classifier's features (classifier/features.py) and the SAE labeler's reference LM
+untouched. Users: the biLM classifier's features (labeling/classifier/features.py) and the SAE labeler's reference LM
 adapter for megatron_tf checkpoints (labeling/sae/reference_lm.py).
 """
 

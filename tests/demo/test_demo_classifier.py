@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from megatron_tf.classifier.artifact import lm_from_model, save_classifier
-from megatron_tf.classifier.probe import Probe
 from megatron_tf.data.indexed_dataset import IndexedDataset
 from megatron_tf.data.sidecar import TokenScores
 from megatron_tf.demo.data_stage import DEMO_DIR, DOMAINS, filter_summary, format_filter_table, prepare_demo_data
+from megatron_tf.labeling.classifier.artifact import lm_from_model, save_classifier
+from megatron_tf.labeling.classifier.probe import Probe
 from megatron_tf.model.config import ModelConfig
 from megatron_tf.model.gpt import build_gpt_stage
 from megatron_tf.tokenizer.tokenizer import build_tokenizer
@@ -97,12 +97,12 @@ def test_classifier_run_held_out_terms_protocol(tmp_path, demo_dir):
     artifact records that teacher, the evaluation labels (half 2/2) are independent of it for evaluation/labels.py
     while half 1/2 is privileged, and the held-out evaluation's `novel` tokens are exactly those half 2/2 marks and
     half 1/2 does not (counted here with the blocklist labelers themselves, not the sidecars)."""
-    from megatron_tf.classifier.artifact import read_config
-    from megatron_tf.classifier.labeler import ClassifierLabeler
     from megatron_tf.demo import classifier_run as cr
     from megatron_tf.demo.data_stage import DemoData
     from megatron_tf.evaluation.labels import labels_record, privileged, sidecar_labeler
     from megatron_tf.labeling.blocklist import BlocklistLabeler
+    from megatron_tf.labeling.classifier.artifact import read_config
+    from megatron_tf.labeling.classifier.labeler import ClassifierLabeler
 
     out, res = str(tmp_path / "run"), str(tmp_path / "results")
     summary = cr.run(out, results=res, demo_dir=demo_dir, lm=TINY_LM)

@@ -12,12 +12,12 @@ import os
 import numpy as np
 import pytest
 
-from megatron_tf.classifier.artifact import read_config
-from megatron_tf.classifier.evaluate import EvalClassifierConfig, evaluate_classifiers, format_report
-from megatron_tf.classifier.train import TrainClassifierConfig, format_sweep, teacher_labels, train_classifier
-from megatron_tf.classifier.train import main as train_main
 from megatron_tf.data.indexed_dataset import write_dataset
 from megatron_tf.data.sidecar import write_token_scores
+from megatron_tf.labeling.classifier.artifact import read_config
+from megatron_tf.labeling.classifier.evaluate import EvalClassifierConfig, evaluate_classifiers, format_report
+from megatron_tf.labeling.classifier.train import TrainClassifierConfig, format_sweep, teacher_labels, train_classifier
+from megatron_tf.labeling.classifier.train import main as train_main
 from megatron_tf.training import pretrain
 
 VOCAB, EOD = 64, 61

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..config.cli import opt
+from ...config.cli import opt
 
 
 @dataclass

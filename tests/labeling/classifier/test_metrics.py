@@ -1,11 +1,11 @@
-"""Metrics (classifier/metrics.py) against hand computations (no sklearn)."""
+"""Metrics (labeling/classifier/metrics.py) against hand computations (no sklearn)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from megatron_tf.classifier.metrics import (
+from megatron_tf.labeling.classifier.metrics import (
     at_threshold,
     average_precision,
     balanced_weights,

@@ -1,11 +1,12 @@
-"""Windows with overlap (classifier/windows.py): every position scored exactly once, with the required context."""
+"""Windows with overlap (labeling/classifier/windows.py): every position scored exactly once, with the required
+context."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from megatron_tf.classifier.windows import num_windows, plan_windows, window_cost
+from megatron_tf.labeling.classifier.windows import num_windows, plan_windows, window_cost
 
 
 @pytest.mark.parametrize("window,context", [(8, 3), (8, 0), (8, 7), (2, 1), (16, 4), (5, 2)])

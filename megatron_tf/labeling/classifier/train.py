@@ -21,8 +21,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from ..config.cli import opt
-from ..utils.logging import get_logger
+from ...config.cli import opt
+from ...utils.logging import get_logger
 
 log = get_logger(__name__)
 
@@ -72,7 +72,7 @@ class TrainClassifierConfig:
 
 
 def _tokenizer_of(run_config: dict, where: str):
-    from ..tokenizer.tokenizer import build_tokenizer
+    from ...tokenizer.tokenizer import build_tokenizer
 
     tc = run_config["configs"]["tokenizer"]
     try:
@@ -139,7 +139,7 @@ def teacher_labels(prefixes: list[str], name: str, threshold: float) -> dict:
     carry different describe()s give "labeler": "mixed" and the describe()s under "per_prefix"; none found: None.
     The evaluation (evaluation/labels.py) uses it to tell whether a run filtered by this classifier is evaluated with
     labels its teacher shares (privileged)."""
-    from ..data.sidecar import KIND_TOKEN_MASK, KIND_TOKEN_SCORES, read_header, sidecar_path
+    from ...data.sidecar import KIND_TOKEN_MASK, KIND_TOKEN_SCORES, read_header, sidecar_path
 
     found = {}
     for p in prefixes:
@@ -195,7 +195,7 @@ def train_classifier(cfg: TrainClassifierConfig) -> dict:
 
     train_sets, valid_sets = [], []
     for k, prefix in enumerate(cfg.train_data):
-        from ..data.indexed_dataset import IndexedDataset
+        from ...data.indexed_dataset import IndexedDataset
 
         n = IndexedDataset(prefix).num_documents
         tr, va = split_documents(n, cfg.valid_fraction, cfg.seed + k)
@@ -271,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     import sys
 
-    from ..config.cli import add_dataclass_args, dataclass_from_args
+    from ...config.cli import add_dataclass_args, dataclass_from_args
 
     p = argparse.ArgumentParser(description="Train a biLM token classifier (docs/classifier.md).")
     add_dataclass_args(p, TrainClassifierConfig)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..model.config import ModelConfig
+from ...model.config import ModelConfig
 from .windows import window_cost
 
 

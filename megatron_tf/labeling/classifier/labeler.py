@@ -162,7 +162,7 @@ class ClassifierLabeler:
 
     # ---- cost accounting -----------------------------------------------------------------------------------------
     def cost(self, doc_lengths: np.ndarray) -> dict:
-        from ..model.config import ModelConfig
+        from ...model.config import ModelConfig
         from .cost import annotation_flops
 
         c = self.config

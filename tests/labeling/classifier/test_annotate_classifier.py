@@ -12,8 +12,6 @@ import sys
 import numpy as np
 import pytest
 
-from megatron_tf.classifier.config import ClassifierOptions
-from megatron_tf.classifier.labeler import ClassifierLabeler
 from megatron_tf.data.sidecar import (
     KIND_DOC_SCORES,
     KIND_TOKEN_MASK,
@@ -23,10 +21,12 @@ from megatron_tf.data.sidecar import (
     sidecar_path,
 )
 from megatron_tf.labeling.annotate import AnnotateConfig, annotate, main, run, work_dir_for
-from tests.classifier.helpers import tiny_artifact, tiny_dataset, tokenizer
+from megatron_tf.labeling.classifier.config import ClassifierOptions
+from megatron_tf.labeling.classifier.labeler import ClassifierLabeler
+from tests.labeling.classifier.helpers import tiny_artifact, tiny_dataset, tokenizer
 from tests.proc_utils import wait_for_file
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 KINDS = (KIND_TOKEN_SCORES, KIND_DOC_SCORES, KIND_TOKEN_MASK)
 
 
@@ -76,7 +76,7 @@ def test_sharded_equals_single_process_and_the_scores(tmp_path, artifact):
 _KILL_SCRIPT = """
 import sys
 sys.path.insert(0, {repo!r})
-from megatron_tf.classifier.labeler import ClassifierLabeler
+from megatron_tf.labeling.classifier.labeler import ClassifierLabeler
 from megatron_tf.labeling.annotate import annotate
 from megatron_tf.tokenizer.tokenizer import NullTokenizer
 from tests.labeling.labelers import BlockingLabeler

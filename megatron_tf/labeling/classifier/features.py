@@ -30,8 +30,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..data.reverse import reversal_permutation
-from ..model.taps import LayerTap
+from ...data.reverse import reversal_permutation
+from ...model.taps import LayerTap
 from .windows import Window, check_window, plan_windows
 
 

@@ -1,4 +1,4 @@
-"""Probes (classifier/probe.py): a planted linear label is recovered; class balance; MLP; prior shift."""
+"""Probes (labeling/classifier/probe.py): a planted linear label is recovered; class balance; MLP; prior shift."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import torch
 
-from megatron_tf.classifier.probe import balanced_weights, fit_probe, prior_shift
+from megatron_tf.labeling.classifier.probe import balanced_weights, fit_probe, prior_shift
 
 
 def test_logistic_probe_recovers_a_planted_linearly_separable_label():

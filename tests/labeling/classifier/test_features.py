@@ -1,4 +1,4 @@
-"""biLM features (classifier/features.py): reversal alignment, causality, windows, batching."""
+"""biLM features (labeling/classifier/features.py): reversal alignment, causality, windows, batching."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from megatron_tf.classifier.features import BiLM, LayerTap
-from megatron_tf.classifier.windows import plan_windows
 from megatron_tf.data.reverse import reverse_document
-from tests.classifier.helpers import random_docs, tiny_lm
+from megatron_tf.labeling.classifier.features import BiLM, LayerTap
+from megatron_tf.labeling.classifier.windows import plan_windows
+from tests.labeling.classifier.helpers import random_docs, tiny_lm
 
 EOD = 61
 

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..data.filters import open_forget_flags
-from ..data.indexed_dataset import IndexedDataset
-from ..data.sidecar import KIND_TOKEN_SCORES, TokenScores, sidecar_path
+from ...data.filters import open_forget_flags
+from ...data.indexed_dataset import IndexedDataset
+from ...data.sidecar import KIND_TOKEN_SCORES, TokenScores, sidecar_path
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""The classifier artifact (classifier/artifact.py): exact round trip, integrity checks, clear errors."""
+"""The classifier artifact (labeling/classifier/artifact.py): exact round trip, integrity checks, clear errors."""
 
 from __future__ import annotations
 
@@ -8,8 +8,14 @@ import os
 import pytest
 import torch
 
-from megatron_tf.classifier.artifact import ArtifactError, lm_from_model, load_classifier, read_config, save_classifier
-from tests.classifier.helpers import random_probe, tiny_artifact, tiny_lm, tokenizer
+from megatron_tf.labeling.classifier.artifact import (
+    ArtifactError,
+    lm_from_model,
+    load_classifier,
+    read_config,
+    save_classifier,
+)
+from tests.labeling.classifier.helpers import random_probe, tiny_artifact, tiny_lm, tokenizer
 
 
 def test_round_trip_is_exact(tmp_path):

@@ -1,4 +1,4 @@
-"""The classifier labeler (classifier/labeler.py): scores, calibration, cost accounting, checks."""
+"""The classifier labeler (labeling/classifier/labeler.py): scores, calibration, cost accounting, checks."""
 
 from __future__ import annotations
 
@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from megatron_tf.classifier.artifact import load_classifier
-from megatron_tf.classifier.cost import lm_flops, paper_arithmetic
-from megatron_tf.classifier.features import BiLM
-from megatron_tf.classifier.labeler import ClassifierLabeler
-from megatron_tf.classifier.probe import prior_shift
+from megatron_tf.labeling.classifier.artifact import load_classifier
+from megatron_tf.labeling.classifier.cost import lm_flops, paper_arithmetic
+from megatron_tf.labeling.classifier.features import BiLM
+from megatron_tf.labeling.classifier.labeler import ClassifierLabeler
+from megatron_tf.labeling.classifier.probe import prior_shift
 from megatron_tf.model.config import ModelConfig
 from megatron_tf.model.flops import model_flops_per_token
 from megatron_tf.tokenizer.tokenizer import NullTokenizer
-from tests.classifier.helpers import random_docs, tiny_artifact, tokenizer
+from tests.labeling.classifier.helpers import random_docs, tiny_artifact, tokenizer
 
 
 @pytest.fixture(scope="module")

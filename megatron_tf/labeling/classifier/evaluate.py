@@ -24,8 +24,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from ..config.cli import opt
-from ..utils.io import atomic_write
+from ...config.cli import opt
+from ...utils.io import atomic_write
 
 
 @dataclass
@@ -59,8 +59,8 @@ def _select(n: int, limit: int | None, seed: int) -> np.ndarray | None:
 
 
 def evaluate_classifiers(cfg: EvalClassifierConfig) -> dict:
-    from ..data.indexed_dataset import IndexedDataset
-    from ..data.sidecar import quantize_threshold
+    from ...data.indexed_dataset import IndexedDataset
+    from ...data.sidecar import quantize_threshold
     from .corpus import load_docset, sidecar_scores
     from .labeler import ClassifierLabeler
     from .metrics import balanced_weights, evaluate_scores, plot_pr_curves, pr_curve, roc_auc
@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     import sys
 
-    from ..config.cli import add_dataclass_args, dataclass_from_args
+    from ...config.cli import add_dataclass_args, dataclass_from_args
 
     p = argparse.ArgumentParser(description="Evaluate token classifiers against sidecar labels.")
     add_dataclass_args(p, EvalClassifierConfig)

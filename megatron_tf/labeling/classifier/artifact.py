@@ -24,9 +24,9 @@ from dataclasses import dataclass
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..model.config import ModelConfig
-from ..model.gpt import GPTModel
-from ..utils.io import atomic_directory, read_json, sha256_file
+from ...model.config import ModelConfig
+from ...model.gpt import GPTModel
+from ...utils.io import atomic_directory, read_json, sha256_file
 from .probe import Probe
 
 FORMAT = "megatron_tf-token-classifier"
@@ -49,10 +49,9 @@ class LMSpec:
 
 def lm_from_checkpoint(path: str) -> tuple[LMSpec, dict]:
     """(LMSpec, the run's config.json) of a trainer checkpoint (--save directory or iter_* directory)."""
-    from ..training import checkpoint as ckpt
-    from ..training.api import merged_state_dict
+    from ...checkpoint import merged_state_dict, resolve_checkpoint_dir
 
-    d = ckpt.resolve_checkpoint_dir(path, None)
+    d = resolve_checkpoint_dir(path, None)
     if d is None:
         raise ArtifactError(f"{path}: no checkpoint (no `latest` file and not an iter_* directory)")
     sd, cfg, run_config = merged_state_dict(d)

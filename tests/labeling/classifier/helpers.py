@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from megatron_tf.classifier.artifact import lm_from_model, save_classifier
-from megatron_tf.classifier.probe import Probe
 from megatron_tf.data.indexed_dataset import write_dataset
+from megatron_tf.labeling.classifier.artifact import lm_from_model, save_classifier
+from megatron_tf.labeling.classifier.probe import Probe
 from megatron_tf.model.config import ModelConfig
 from megatron_tf.model.gpt import build_gpt_stage
 from megatron_tf.tokenizer.tokenizer import NullTokenizer
