@@ -21,16 +21,16 @@ import os
 
 import numpy as np
 
+from ...utils.device import resolve_device
 from .artifact import read_config
 
 
 def _resolve_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device(device)
     if device == "cuda":
         import multiprocessing
+
+        import torch
 
         ident = multiprocessing.current_process()._identity  # (k,) in a pool worker, () in the main process
         k = ident[0] - 1 if ident else 0
@@ -54,7 +54,7 @@ class ClassifierLabeler:
         with open(os.path.join(self.path, "config.json"), "rb") as f:
             self.config_sha256 = hashlib.sha256(f.read()).hexdigest()
         self.device_spec = device
-        device_type = "cuda" if device.startswith("cuda") or (device == "auto" and _cuda_available()) else "cpu"
+        device_type = "cuda" if resolve_device(device).startswith("cuda") else "cpu"
         self.device_type = device_type
         self.dtype = _resolve_dtype(dtype, device_type)
         if self.dtype == "bfloat16" and device_type == "cpu":
@@ -168,9 +168,3 @@ class ClassifierLabeler:
         c = self.config
         cfgs = [ModelConfig.from_dict(c[k]["model_config"]) for k in ("forward_lm", "reversed_lm") if c[k]]
         return annotation_flops(doc_lengths, cfgs, int(c["layer"]), int(c["window"]), int(c["context"]), c["probe"])
-
-
-def _cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()

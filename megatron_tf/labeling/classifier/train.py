@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from ...config.cli import opt
+from ...utils.device import resolve_device
 from ...utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -102,14 +103,6 @@ def open_lms(forward_dir: str, reversed_dir: str | None):
             raise ValueError(f"hidden sizes differ: forward {fwd.config.hidden_size}, reversed "
                              f"{rev.config.hidden_size}")
     return fwd, rev, tok, int(fcfg["configs"]["training"]["seq_length"])
-
-
-def resolve_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
 
 
 def _fit_and_score(train, valid, layer: int, bidirectional: bool, l2: float, kind: str = "logistic",
