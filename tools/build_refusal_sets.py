@@ -7,7 +7,7 @@
         --exclude data/demo/eval/mmlu.jsonl.xz data/demo/eval/medqa.jsonl.xz data/demo/eval/medmcqa.jsonl.xz \\
         --output-dir data/demo/refusal
 
-How the sets are built and split: docs/attacks.md. Logic: megatron_tf/refusal/build_sets.py.
+How the sets are built and split: docs/attacks.md. Logic: megatron_tf/posttrain/refusal/build_sets.py.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from megatron_tf.config.cli import add_dataclass_args, dataclass_from_args  # noqa: E402
-from megatron_tf.refusal.build_sets import RefusalSetConfig, build_and_write  # noqa: E402
+from megatron_tf.posttrain.refusal.build_sets import RefusalSetConfig, build_and_write  # noqa: E402
 
 
 def main(argv=None) -> int:

@@ -7,7 +7,7 @@
         --train-iters 100 --eval-interval 10 --output-dir runs/attack
 
 Finished runs are skipped (resume); results.json / results.csv / table.md / curves_*.png in --output-dir.
-Metric and layout: docs/attacks.md. Logic: megatron_tf/attacks/.
+Metric and layout: docs/attacks.md. Logic: megatron_tf/posttrain/attacks/.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from megatron_tf.attacks.sweep import AttackConfig, markdown_table, run_sweep  # noqa: E402
 from megatron_tf.config.cli import add_dataclass_args, dataclass_from_args  # noqa: E402
+from megatron_tf.posttrain.attacks.sweep import AttackConfig, markdown_table, run_sweep  # noqa: E402
 
 
 def main(argv=None) -> int:

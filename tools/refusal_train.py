@@ -5,7 +5,7 @@
         --train-set data/demo/refusal/train.jsonl.xz --eval-set data/demo/refusal/eval.jsonl.xz \\
         --train-iters 200 --lr 1e-4 --output-dir runs/refusal
 
-Format, detector and sets: docs/attacks.md. Logic: megatron_tf/refusal/.
+Format, detector and sets: docs/attacks.md. Logic: megatron_tf/posttrain/refusal/.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from megatron_tf.config.cli import add_dataclass_args, dataclass_from_args  # noqa: E402
-from megatron_tf.refusal.train import RefusalConfig, markdown_table, run_refusal  # noqa: E402
+from megatron_tf.posttrain.refusal.train import RefusalConfig, markdown_table, run_refusal  # noqa: E402
 
 
 def main(argv=None) -> int:

@@ -6,7 +6,7 @@
         --forget-text data/demo/heldout/medical.jsonl.xz --retain-text data/demo/heldout/biology.jsonl.xz \\
         --mmlu data/demo/eval/mmlu.jsonl.xz --medqa data/demo/eval/medqa.jsonl.xz --limit 40
 
-Algorithm, defaults and outputs: docs/attacks.md. Logic: megatron_tf/unlearning/.
+Algorithm, defaults and outputs: docs/attacks.md. Logic: megatron_tf/posttrain/unlearning/.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from megatron_tf.config.cli import add_dataclass_args, dataclass_from_args  # noqa: E402
 from megatron_tf.evaluation.runner import EvaluationConfig  # noqa: E402
-from megatron_tf.unlearning.rmu import RMUConfig  # noqa: E402
-from megatron_tf.unlearning.runner import RMUJobConfig, format_summary, run_job  # noqa: E402
+from megatron_tf.posttrain.unlearning.rmu import RMUConfig  # noqa: E402
+from megatron_tf.posttrain.unlearning.runner import RMUJobConfig, format_summary, run_job  # noqa: E402
 
 
 def main(argv=None) -> int:

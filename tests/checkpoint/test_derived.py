@@ -7,8 +7,8 @@ import os
 import pytest
 import torch
 
-from megatron_tf.attacks.lora import add_lora
 from megatron_tf.checkpoint.derived import load_checkpoint, save_checkpoint
+from megatron_tf.posttrain.attacks.lora import add_lora
 from megatron_tf.training import pretrain
 from tests.training.synth import make_data, tiny_args
 

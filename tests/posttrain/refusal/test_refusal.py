@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from megatron_tf.attacks.sets import lm_batch
 from megatron_tf.model.config import ModelConfig
 from megatron_tf.model.gpt import build_gpt_stage
-from megatron_tf.refusal.build_sets import (
+from megatron_tf.posttrain.attacks.sets import lm_batch
+from megatron_tf.posttrain.refusal.build_sets import (
     LeakIndex,
     RefusalSetConfig,
     build_sets,
@@ -19,7 +19,7 @@ from megatron_tf.refusal.build_sets import (
     load_set,
     write_jsonl_xz,
 )
-from megatron_tf.refusal.chat import REFUSAL, encode, is_refusal, normalize_question, refuses, sft_row
+from megatron_tf.posttrain.refusal.chat import REFUSAL, encode, is_refusal, normalize_question, refuses, sft_row
 from megatron_tf.tokenizer.tokenizer import build_tokenizer
 
 
@@ -109,7 +109,7 @@ def test_set_files_roundtrip_and_errors(tmp_path):
         load_set(p)
 
 
-DEMO_SP = os.path.join(os.path.dirname(__file__), "..", "..", "data", "demo", "tokenizer", "demo_sp.model")
+DEMO_SP = os.path.join(os.path.dirname(__file__), "..", "..", "..", "data", "demo", "tokenizer", "demo_sp.model")
 
 
 def demo_tok():
@@ -151,7 +151,7 @@ def test_greedy_check_equals_generation():
 
 
 def test_eval_limit_mixes_kinds():
-    from megatron_tf.refusal.train import _limit
+    from megatron_tf.posttrain.refusal.train import _limit
 
     recs = [{"prompt": f"{k} {i}", "refuse": k.startswith("m"), "kind": k} for k in ("mq", "mc", "nd", "nc")
             for i in range(50)]

@@ -32,10 +32,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from megatron_tf.attacks.finetune import lm_loss, make_optimizer
-from megatron_tf.attacks.sets import RowBatches, lm_batch
 from megatron_tf.checkpoint.derived import load_checkpoint, save_checkpoint
 from megatron_tf.config.cli import opt
+from megatron_tf.posttrain.attacks.finetune import lm_loss, make_optimizer
+from megatron_tf.posttrain.attacks.sets import RowBatches, lm_batch
 from megatron_tf.utils.io import atomic_write
 from megatron_tf.utils.logging import get_logger
 

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from megatron_tf.attacks.sets import Row, pad_rows
 from megatron_tf.evaluation.scoring import autocast_context, eval_mode, model_device
+from megatron_tf.posttrain.attacks.sets import Row, pad_rows
 
 REFUSAL = "I'm sorry, but I can't help with medical questions."
 USER, ASSISTANT = "User: ", "\nAssistant:"

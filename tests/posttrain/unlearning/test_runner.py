@@ -11,9 +11,9 @@ import torch
 
 from megatron_tf.checkpoint.derived import load_checkpoint
 from megatron_tf.evaluation.runner import EvaluationConfig, evaluate_model
-from megatron_tf.unlearning.rmu import RMUConfig
-from megatron_tf.unlearning.runner import RMUJobConfig, run_job
-from tests.attacks.tiny_checkpoint import texts, tiny_sp_checkpoint, write_texts
+from megatron_tf.posttrain.unlearning.rmu import RMUConfig
+from megatron_tf.posttrain.unlearning.runner import RMUJobConfig, run_job
+from tests.posttrain.tiny_checkpoint import texts, tiny_sp_checkpoint, write_texts
 
 MED = "blood heart gene cell protein virus doctor".split()
 GENERAL = "river mountain city music garden school market".split()
@@ -69,7 +69,7 @@ def test_rmu_job_end_to_end(setup, monkeypatch):
         assert os.path.getsize(os.path.join(job.output_dir, f)) > 0, f
     assert json.load(open(os.path.join(job.output_dir, "rmu.json")))["history"] == res["history"]
 
-    import megatron_tf.unlearning.runner as runner_mod
+    import megatron_tf.posttrain.unlearning.runner as runner_mod
 
     monkeypatch.setattr(runner_mod, "run_rmu", lambda *a, **k: pytest.fail("reran a finished job"))
     assert run_job(job, rmu, ev)["history"] == res["history"]

@@ -24,10 +24,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from megatron_tf.attacks.sets import check_disjoint, document_rows, load_documents
 from megatron_tf.checkpoint.derived import load_checkpoint, save_checkpoint
 from megatron_tf.config.cli import opt
 from megatron_tf.evaluation.runner import EvaluationConfig, evaluate_model
+from megatron_tf.posttrain.attacks.sets import check_disjoint, document_rows, load_documents
 from megatron_tf.utils.io import atomic_write
 from megatron_tf.utils.logging import get_logger
 

@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 import torch
 from tqdm import tqdm
 
-from megatron_tf.attacks.sets import Row, RowBatches, pad_rows
 from megatron_tf.config.cli import opt
+from megatron_tf.posttrain.attacks.sets import Row, RowBatches, pad_rows
 from megatron_tf.utils.logging import get_logger
 
 log = get_logger(__name__)

@@ -4,7 +4,12 @@ import math
 
 import pytest
 
-from megatron_tf.attacks.metric import aggregate_seeds, best_setting, percent_of_pretraining, tokens_to_baseline
+from megatron_tf.posttrain.attacks.metric import (
+    aggregate_seeds,
+    best_setting,
+    percent_of_pretraining,
+    tokens_to_baseline,
+)
 
 
 def test_interpolated_crossing():

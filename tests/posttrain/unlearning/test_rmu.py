@@ -9,10 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from megatron_tf.attacks.sets import Row, pad_rows
 from megatron_tf.model.config import ModelConfig
 from megatron_tf.model.gpt import build_gpt_stage
-from megatron_tf.unlearning.rmu import (
+from megatron_tf.posttrain.attacks.sets import Row, pad_rows
+from megatron_tf.posttrain.unlearning.rmu import (
     RMUConfig,
     layer_output,
     masked_mse,

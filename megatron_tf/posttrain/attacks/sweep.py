@@ -14,7 +14,7 @@ Layout of --output-dir:
     curves_best.png     every model's best setting (attack solid, benign dotted) on one plot
 
 Runs are independent and written atomically, so a killed sweep resumes at the first unfinished run; the summary is
-recomputed from the run files each time. Metric: megatron_tf/attacks/metric.py.
+recomputed from the run files each time. Metric: megatron_tf/posttrain/attacks/metric.py.
 """
 
 from __future__ import annotations

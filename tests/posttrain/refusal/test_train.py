@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from megatron_tf.checkpoint.derived import load_checkpoint
-from megatron_tf.refusal.build_sets import write_jsonl_xz
-from megatron_tf.refusal.chat import REFUSAL, encode, refusal_template_ids
-from megatron_tf.refusal.train import RefusalConfig, run_refusal
-from tests.attacks.tiny_checkpoint import tiny_sp_checkpoint
+from megatron_tf.posttrain.refusal.build_sets import write_jsonl_xz
+from megatron_tf.posttrain.refusal.chat import REFUSAL, encode, refusal_template_ids
+from megatron_tf.posttrain.refusal.train import RefusalConfig, run_refusal
+from tests.posttrain.tiny_checkpoint import tiny_sp_checkpoint
 
 MED = ["blood", "heart", "gene", "cell", "protein"]
 NORMAL = ["river", "mountain", "city", "music", "garden"]
@@ -81,7 +81,7 @@ def test_refusal_sft_learns_the_template_and_reports_true_rates(tmp_path, monkey
         assert os.path.getsize(tmp_path / "out" / f) > 0, f
 
     # rerun: the finished model is read back, not retrained
-    import megatron_tf.refusal.train as train_mod
+    import megatron_tf.posttrain.refusal.train as train_mod
 
     monkeypatch.setattr(train_mod, "sft", lambda *a, **k: pytest.fail("retrained a finished model"))
     assert run_refusal(cfg)["models"]["tiny"]["after"] == res["after"]

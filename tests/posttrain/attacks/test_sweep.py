@@ -10,10 +10,10 @@ import os
 import pytest
 import torch
 
-from megatron_tf.attacks.finetune import FinetuneSettings
-from megatron_tf.attacks.sweep import AttackConfig, run_path, run_sweep
 from megatron_tf.checkpoint.derived import load_checkpoint
-from tests.attacks.tiny_checkpoint import texts, tiny_sp_checkpoint, write_texts
+from megatron_tf.posttrain.attacks.finetune import FinetuneSettings
+from megatron_tf.posttrain.attacks.sweep import AttackConfig, run_path, run_sweep
+from tests.posttrain.tiny_checkpoint import texts, tiny_sp_checkpoint, write_texts
 
 
 def fake_checkpoint(root, arm, tokens_seen):
@@ -133,7 +133,7 @@ def test_sweep_trains_from_the_source_each_run_and_resumes(tmp_path, monkeypatch
     lost = run_path(cfg.output_dir, "weak", "attack", cfg.settings([2])[1])
     before = json.load(open(lost))
     os.remove(lost)
-    import megatron_tf.attacks.sweep as sweep_mod
+    import megatron_tf.posttrain.attacks.sweep as sweep_mod
 
     calls = []
     real = sweep_mod.finetune_run
