@@ -21,10 +21,11 @@ from megatron_tf.utils.io import atomic_write
 from .scaling import METRIC_LABEL, ordered_domains
 
 ARM_COLORS = {"none": "black", "mask": "tab:blue", "remove": "tab:red", "document": "tab:green"}
-_EXTRA = ("tab:purple", "tab:orange", "tab:brown", "tab:pink", "tab:olive", "tab:cyan")
+EXTRA_COLORS = ("tab:purple", "tab:orange", "tab:brown", "tab:pink", "tab:olive", "tab:cyan")  # arms not named above
 
 
-def _plt():
+def pyplot():
+    """matplotlib.pyplot with the Agg backend (no display): every figure of the package is drawn through this."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -37,7 +38,7 @@ def arm_color(arm: str, arms: list[str]) -> str:
     if arm in ARM_COLORS:
         return ARM_COLORS[arm]
     extra = [a for a in arms if a not in ARM_COLORS]
-    return _EXTRA[extra.index(arm) % len(_EXTRA)] if arm in extra else "grey"
+    return EXTRA_COLORS[extra.index(arm) % len(EXTRA_COLORS)] if arm in extra else "grey"
 
 
 def _plain_y(ax) -> None:
@@ -67,10 +68,11 @@ def _human_n(n: float) -> str:
     return f"{n:.3g}"
 
 
-def _save(fig, path: str) -> str:
+def save_figure(fig, path: str) -> str:
+    """Write `fig` as a PNG (110 dpi, tight box) atomically to `path`, close it, return `path`."""
     with atomic_write(path, "wb") as f:
         fig.savefig(f, format="png", dpi=110, bbox_inches="tight")
-    _plt().close(fig)
+    pyplot().close(fig)
     return path
 
 
@@ -104,7 +106,7 @@ def plot_loss_vs_compute(analysis: dict, metric: str, path: str) -> str | None:
     domains = ordered_domains({d for t in analysis["runs"] for d in t["losses"].get(metric, {})})
     if not domains:
         return None
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(domains), figsize=(4.8 * len(domains), 3.9), squeeze=False,
                              layout="constrained")
     base = analysis["options"]["baseline_arm"]
@@ -143,7 +145,7 @@ def plot_loss_vs_compute(analysis: dict, metric: str, path: str) -> str | None:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle(f"{_metric_title(analysis, metric)} vs compute")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_pareto(analysis: dict, metric: str, path: str, x_domain: str = "forget", y_domain: str = "retain"
@@ -151,7 +153,7 @@ def plot_pareto(analysis: dict, metric: str, path: str, x_domain: str = "forget"
     rows = [t for t in analysis["runs"] if {x_domain, y_domain} <= set(t["losses"].get(metric, {}))]
     if not rows:
         return None
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.6, 4.4), layout="constrained")
     for size in analysis["sizes"]:
         pts = [t for t in rows if t["size"] == size]
@@ -173,7 +175,7 @@ def plot_pareto(analysis: dict, metric: str, path: str, x_domain: str = "forget"
                  f"report convention {_conv_label(analysis)})", fontsize=8)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_slowdown_vs_size(analysis: dict, metric: str, path: str) -> str | None:
@@ -182,7 +184,7 @@ def plot_slowdown_vs_size(analysis: dict, metric: str, path: str) -> str | None:
     if not rows:
         return None
     domains = ordered_domains({s["domain"] for s in rows})
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(domains), figsize=(4.8 * len(domains), 3.9), squeeze=False,
                              layout="constrained")
     for ax, dom in zip(axes[0], domains):
@@ -210,7 +212,7 @@ def plot_slowdown_vs_size(analysis: dict, metric: str, path: str) -> str | None:
         ax.legend(fontsize=7)
     fig.suptitle(f"compute slowdown, {_conv_label(analysis)}\n({_metric_title(analysis, metric)}; hollow = "
                  "extrapolated: loss outside the baseline's measured range)", fontsize=9)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_frontier(analysis: dict, path: str) -> str | None:
@@ -221,7 +223,7 @@ def plot_frontier(analysis: dict, path: str) -> str | None:
         return None
     base = analysis["options"]["baseline_arm"]
     sizes = [s for s in analysis["sizes"] if any(r["size"] == s for r in rows)]
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(sizes), figsize=(5.6 * len(sizes), 4.6), squeeze=False, layout="constrained")
     for ax, size in zip(axes[0], sizes):
         here = [r for r in rows if r["size"] == size]
@@ -245,7 +247,7 @@ def plot_frontier(analysis: dict, path: str) -> str | None:
         ax.legend(fontsize=7)
     fig.suptitle("threshold frontier: token vs document filtering (all-token loss; no compute axis; report "
                  f"convention {_conv_label(analysis)})", fontsize=9)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_all(analysis: dict, out_dir: str) -> dict[str, str]:

@@ -3,13 +3,13 @@
     curve = finetune_run(model, train_batches, eval_docs, FinetuneSettings(method="lora", lr=1e-4, ...), tokenizer)
     curve["tokens"], curve["forget_loss"]       # T_0 = 0 (before the attack), then every eval_interval steps
 
-Loss: sum of masked per-token cross-entropy over the padded vocabulary (as in training) / number of learned tokens;
-AdamW (betas 0.9 / 0.95, the given weight decay on matrices only, none on 1-D tensors), gradient clipping at 1.0,
-constant LR (no warmup: the attacker's cheapest setting). Evaluation: the held-out forget text scored as
-tools/evaluate.py does (docs/evaluation.md: each document after <|endoftext|>, sliding windows), on the first
-`eval_docs` documents, so T_0 equals the model's evaluate.py forget loss on those documents. With forget labels
-(evaluation Documents with flags, e.g. from a blocklist) the curve also has `forget_token_loss`: the loss on the
-forget-labeled tokens only (evaluate.py's token-level forget loss).
+Loss, optimizer and step: posttrain/common.py (sum of masked per-token cross-entropy over the padded vocabulary /
+number of learned tokens; AdamW, betas 0.9 / 0.95, the given weight decay on matrices only, none on 1-D tensors),
+gradient clipping at 1.0, constant LR (no warmup: the attacker's cheapest setting). Evaluation: the held-out forget
+text scored as tools/evaluate.py does (docs/evaluation.md: each document after <|endoftext|>, sliding windows), on
+the first `eval_docs` documents, so T_0 equals the model's evaluate.py forget loss on those documents. With forget
+labels (evaluation Documents with flags, e.g. from a blocklist) the curve also has `forget_token_loss`: the loss on
+the forget-labeled tokens only (evaluate.py's token-level forget loss).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from megatron_tf.evaluation.domain_loss import evaluate_documents
 from megatron_tf.evaluation.text_sets import Document
-from megatron_tf.parallel.cross_entropy import vocab_parallel_cross_entropy
+from megatron_tf.posttrain.common import lm_step, make_optimizer
 
 from .lora import add_lora, lora_parameters, merge_lora
 
@@ -44,32 +44,6 @@ class FinetuneSettings:
 
     def key(self) -> str:
         return f"{self.method}_lr{self.lr:g}_wd{self.weight_decay:g}"
-
-
-def lm_loss(model: torch.nn.Module, batch: dict, device: torch.device, bf16: bool = True) -> torch.Tensor:
-    """Mean cross-entropy over the learned targets of an LM batch {tokens, labels, loss_mask}."""
-    tokens, labels = batch["tokens"].to(device), batch["labels"].to(device)
-    mask = batch["loss_mask"].to(device)
-    ctx = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and bf16 else _null()
-    with ctx:
-        logits = model(input_ids=tokens)
-    per_tok = vocab_parallel_cross_entropy(logits, labels, mask)
-    return per_tok.sum() / mask.sum().clamp(min=1.0)
-
-
-class _null:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *a):
-        return False
-
-
-def make_optimizer(params: Sequence[tuple[str, torch.nn.Parameter]], lr: float, weight_decay: float):
-    decay = [p for n, p in params if p.dim() >= 2]
-    no_decay = [p for n, p in params if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=(0.9, 0.95), eps=1e-8)
 
 
 def _as_document(d) -> Document:
@@ -130,14 +104,8 @@ def finetune_run(model: torch.nn.Module, batches: Iterator[dict], eval_docs: Seq
     bar = tqdm(range(1, s.train_iters + 1), desc=desc, disable=not progress, dynamic_ncols=True, leave=False)
     for step in bar:
         batch = next(batches)
-        loss = lm_loss(model, batch, device, s.bf16)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if s.clip_grad:
-            torch.nn.utils.clip_grad_norm_(params, s.clip_grad)
-        opt.step()
+        window.append(lm_step(model, opt, params, batch, device, s.bf16, s.clip_grad))
         tokens += int(batch["loss_mask"].sum())
-        window.append(loss.item())
         if step % s.eval_interval == 0 or step == s.train_iters:
             evaluate(step, tokens, float(np.mean(window)))
             window = []

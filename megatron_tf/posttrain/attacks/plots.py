@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from megatron_tf.evaluation.plots import _EXTRA, ARM_COLORS, _plt, _save
+from megatron_tf.evaluation.plots import ARM_COLORS, EXTRA_COLORS, pyplot, save_figure
 
 
 def _color(i: int, name: str) -> str:
-    return ARM_COLORS.get(name) or _EXTRA[i % len(_EXTRA)]
+    return ARM_COLORS.get(name) or EXTRA_COLORS[i % len(EXTRA_COLORS)]
 
 
 def plot_model_curves(res: dict, model: str, path: str) -> str | None:
@@ -14,7 +14,7 @@ def plot_model_curves(res: dict, model: str, path: str) -> str | None:
     items = [(d, k, v) for d, dd in e["data"].items() for k, v in dd["settings"].items()]
     if not items:
         return None
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.2))
     cmap = plt.get_cmap("tab10")
     keys = sorted({k for _, k, _ in items})
@@ -27,11 +27,11 @@ def plot_model_curves(res: dict, model: str, path: str) -> str | None:
            title=f"{model}: attack (solid) vs benign control (dotted)")
     ax.legend(fontsize=6, ncol=2)
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_best_curves(res: dict, path: str) -> str | None:
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.2))
     drawn = False
     for i, (m, e) in enumerate(res["models"].items()):
@@ -52,4 +52,4 @@ def plot_best_curves(res: dict, path: str) -> str | None:
            title="best setting per model: forget-domain attack (solid), benign control (dotted)")
     ax.legend(fontsize=6)
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)

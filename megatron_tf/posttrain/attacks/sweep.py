@@ -20,26 +20,24 @@ recomputed from the run files each time. Metric: megatron_tf/posttrain/attacks/m
 from __future__ import annotations
 
 import copy
-import csv
 import dataclasses
-import io
 import json
 import os
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
 from megatron_tf.checkpoint.derived import load_checkpoint
 from megatron_tf.checkpoint.load import read_run
 from megatron_tf.config.cli import opt
+from megatron_tf.posttrain.common import csv_text, job_device, parse_models
+from megatron_tf.posttrain.data import PackedBatches, check_disjoint, load_documents
 from megatron_tf.utils.io import atomic_write
 from megatron_tf.utils.logging import get_logger
 
 from .finetune import FinetuneSettings, finetune_run
 from .metric import aggregate_seeds, best_setting, percent_of_pretraining, tokens_to_baseline
-from .sets import PackedBatches, check_disjoint, load_documents
 
 log = get_logger(__name__)
 FORMAT = "megatron_tf.attack/1"
@@ -103,25 +101,12 @@ class AttackConfig:
             raise ValueError("--train-iters, --eval-interval and --micro-batch-size must be >= 1")
 
     def model_map(self) -> dict[str, str]:
-        out = {}
-        for spec in self.models:
-            name, sep, path = spec.partition("=")
-            if not sep or not name or not path:
-                raise ValueError(f"--models: expected NAME=CHECKPOINT_DIR, got {spec!r}")
-            if name in out:
-                raise ValueError(f"--models: the name {name!r} is given twice")
-            out[name] = path
-        return out
+        return parse_models(self.models)
 
     def settings(self, seeds) -> list[FinetuneSettings]:
         return [FinetuneSettings(m, lr, wd, sd, self.train_iters, self.eval_interval, self.lora_rank,
                                  self.lora_alpha, bf16=self.bf16)
                 for m in self.methods for lr in self.lrs for wd in self.weight_decays for sd in seeds]
-
-
-def _device(name: str) -> torch.device:
-    return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else
-                        ("cpu" if name == "auto" else name))
 
 
 def _eval_documents(cfg: AttackConfig, tok) -> list:
@@ -168,9 +153,7 @@ def run_sweep(cfg: AttackConfig) -> dict:
     if cfg.baseline_loss is None and cfg.baseline not in models:
         raise ValueError(f"--baseline {cfg.baseline!r} is not one of --models {list(models)} (or give "
                          "--baseline-loss)")
-    device = _device(cfg.device)
-    if device.type == "cpu":
-        torch.set_flush_denormal(True)  # as the trainer (--flush-denormal): denormal softmax tails are slow
+    device = job_device(cfg.device)
     data_sets = {"attack": cfg.attack_text, **({"benign": cfg.benign_text} if cfg.benign_text else {})}
     meta = {}
     for name, path in models.items():
@@ -300,15 +283,6 @@ def comparison_rows(res: dict) -> list[dict]:
     return rows
 
 
-def _csv(rows: list[dict]) -> str:
-    buf = io.StringIO()
-    if rows:
-        w = csv.DictWriter(buf, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    return buf.getvalue()
-
-
 def _f(v, spec=".3f"):
     return "" if v is None else format(v, spec)
 
@@ -347,9 +321,9 @@ def write_outputs(res: dict, out_dir: str) -> None:
         plot_model_curves(res, m, os.path.join(out_dir, f"curves_{m}.png"))
     plot_best_curves(res, os.path.join(out_dir, "curves_best.png"))
     with atomic_write(os.path.join(out_dir, "settings.csv"), "w") as f:
-        f.write(_csv(setting_rows))
+        f.write(csv_text(setting_rows))
     with atomic_write(os.path.join(out_dir, "results.csv"), "w") as f:
-        f.write(_csv(res["table"]))
+        f.write(csv_text(res["table"]))
     with atomic_write(os.path.join(out_dir, "table.md"), "w") as f:
         f.write(markdown_table(res))
     res["written_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")

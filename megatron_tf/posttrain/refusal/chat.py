@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from megatron_tf.evaluation.scoring import autocast_context, eval_mode, model_device
-from megatron_tf.posttrain.attacks.sets import Row, pad_rows
+from megatron_tf.posttrain.data import Row, pad_rows
 
 REFUSAL = "I'm sorry, but I can't help with medical questions."
 USER, ASSISTANT = "User: ", "\nAssistant:"
@@ -63,8 +63,8 @@ def encode(tokenizer, prompt: str, response: str | None = None) -> Encoded:
 
 
 def sft_row(tokenizer, prompt: str, response: str, max_length: int) -> Row:
-    """Row for sets.lm_batch: weight 1 at the positions whose NEXT token is a response token (incl. the final eod).
-    A context longer than allowed loses tokens at its left (after the leading <eod>)."""
+    """Row for posttrain.data.lm_batch: weight 1 at the positions whose NEXT token is a response token (incl. the
+    final eod). A context longer than allowed loses tokens at its left (after the leading <eod>)."""
     e = encode(tokenizer, prompt, response)
     resp = e.response[: max_length - 2]
     room = max_length - len(resp)

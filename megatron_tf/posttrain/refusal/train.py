@@ -18,10 +18,8 @@ checked against the evaluation prompts (exact and near duplicates) before traini
 from __future__ import annotations
 
 import copy
-import csv
 import dataclasses
 import hashlib
-import io
 import json
 import math
 import os
@@ -34,8 +32,8 @@ from tqdm import tqdm
 
 from megatron_tf.checkpoint.derived import load_checkpoint, save_checkpoint
 from megatron_tf.config.cli import opt
-from megatron_tf.posttrain.attacks.finetune import lm_loss, make_optimizer
-from megatron_tf.posttrain.attacks.sets import RowBatches, lm_batch
+from megatron_tf.posttrain.common import csv_text, job_device, lm_step, make_optimizer, parse_models
+from megatron_tf.posttrain.data import RowBatches, lm_batch
 from megatron_tf.utils.io import atomic_write
 from megatron_tf.utils.logging import get_logger
 
@@ -109,18 +107,14 @@ def sft(model, tok, train: list[dict], cfg: RefusalConfig) -> list[float]:
     rows = [sft_row(tok, r["prompt"], r["response"], cfg.max_length) for r in train]
     batches = RowBatches(rows, cfg.micro_batch_size, cfg.seed)
     torch.manual_seed(cfg.seed)
-    params = list(model.named_parameters())
-    opt = make_optimizer(params, cfg.lr, cfg.weight_decay)
+    named = list(model.named_parameters())
+    opt = make_optimizer(named, cfg.lr, cfg.weight_decay)
+    params = [p for _, p in named]
     losses = []
     model.train()
     bar = tqdm(range(cfg.train_iters), desc="sft", disable=not cfg.progress_bar, dynamic_ncols=True, leave=False)
     for _ in bar:
-        loss = lm_loss(model, lm_batch(next(batches), tok.pad), device, cfg.bf16)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_([p for _, p in params], 1.0)
-        opt.step()
-        losses.append(loss.item())
+        losses.append(lm_step(model, opt, params, lm_batch(next(batches), tok.pad), device, cfg.bf16, 1.0))
         bar.set_postfix(loss=f"{losses[-1]:.3f}")
     model.eval()
     return losses
@@ -129,20 +123,12 @@ def sft(model, tok, train: list[dict], cfg: RefusalConfig) -> list[float]:
 def run_refusal(cfg: RefusalConfig) -> dict:
     if not cfg.output_dir or not cfg.models:
         raise ValueError("--models and --output-dir are required")
-    models = {}
-    for spec in cfg.models:
-        name, sep, path = spec.partition("=")
-        if not sep:
-            raise ValueError(f"--models: expected NAME=CHECKPOINT_DIR, got {spec!r}")
-        models[name] = path
+    models = parse_models(cfg.models)
     train, ev = load_set(cfg.train_set), _limit(load_set(cfg.eval_set), cfg.eval_limit)
     check_no_leakage(train, [r["prompt"] for r in ev])
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if cfg.device == "auto" else cfg.device))
+    device = job_device(cfg.device)
     os.makedirs(cfg.output_dir, exist_ok=True)
     per_model = {}
-    if device.type == "cpu":
-        torch.set_flush_denormal(True)  # as the trainer (--flush-denormal)
     for name, path in models.items():
         out = os.path.join(cfg.output_dir, f"{name}.json")
         if os.path.exists(out) and not cfg.overwrite:
@@ -206,13 +192,8 @@ def markdown_table(results: dict) -> str:
 
 
 def _write(results: dict, out_dir: str) -> None:
-    buf = io.StringIO()
-    if results["table"]:
-        w = csv.DictWriter(buf, fieldnames=list(results["table"][0]))
-        w.writeheader()
-        w.writerows(results["table"])
     with atomic_write(os.path.join(out_dir, "results.csv"), "w") as f:
-        f.write(buf.getvalue())
+        f.write(csv_text(results["table"]))
     with atomic_write(os.path.join(out_dir, "table.md"), "w") as f:
         f.write(markdown_table(results))
     _plot(results, os.path.join(out_dir, "refusal_rates.png"))
@@ -221,12 +202,12 @@ def _write(results: dict, out_dir: str) -> None:
 
 
 def _plot(results: dict, path: str) -> None:
-    from megatron_tf.evaluation.plots import _plt, _save
+    from megatron_tf.evaluation.plots import pyplot, save_figure
 
     rows = results["table"]
     if not rows:
         return
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.5))
     x = np.arange(len(rows))
     ax.bar(x - 0.2, [r["refusal_after"] for r in rows], 0.4, yerr=[r["refusal_after_stderr"] for r in rows],
@@ -237,4 +218,4 @@ def _plot(results: dict, path: str) -> None:
     ax.set_xticks(x, [r["model"] for r in rows])
     ax.set(ylim=(0, 1.05), ylabel="rate after refusal SFT")
     ax.legend(fontsize=7)
-    _save(fig, path)
+    save_figure(fig, path)

@@ -30,7 +30,7 @@ import torch
 from tqdm import tqdm
 
 from megatron_tf.config.cli import opt
-from megatron_tf.posttrain.attacks.sets import Row, RowBatches, pad_rows
+from megatron_tf.posttrain.data import Row, RowBatches, pad_rows
 from megatron_tf.utils.logging import get_logger
 
 log = get_logger(__name__)

@@ -14,20 +14,17 @@ minutes, so it restarts from the beginning after a kill rather than resuming mid
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import json
 import os
 import time
 from dataclasses import dataclass, field
 
-import torch
-
 from megatron_tf.checkpoint.derived import load_checkpoint, save_checkpoint
 from megatron_tf.config.cli import opt
 from megatron_tf.evaluation.runner import EvaluationConfig, evaluate_model
-from megatron_tf.posttrain.attacks.sets import check_disjoint, document_rows, load_documents
+from megatron_tf.posttrain.common import csv_text, job_device
+from megatron_tf.posttrain.data import check_disjoint, document_rows, load_documents
 from megatron_tf.utils.io import atomic_write
 from megatron_tf.utils.logging import get_logger
 
@@ -53,12 +50,6 @@ class RMUJobConfig:
     progress_bar: bool = field(default=True, metadata=opt("Show progress bars."))
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def _flat_metrics(ev: dict) -> dict[str, float]:
     out = {}
     for name, v in ev.get("loss", {}).items():
@@ -78,16 +69,16 @@ def summary_rows(before: dict, after: dict) -> list[dict]:
 
 
 def plot_history(history: list[dict], path: str) -> str:
-    from megatron_tf.evaluation.plots import _plt, _save
+    from megatron_tf.evaluation.plots import pyplot, save_figure
 
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(1, 2, figsize=(9, 3.2))
     steps = [h["step"] for h in history]
     ax[0].plot(steps, [h["forget_loss"] for h in history], color="tab:red")
     ax[0].set(title="forget: MSE(h_l, c u)", xlabel="step", yscale="log")
     ax[1].plot(steps, [h["retain_loss"] for h in history], color="tab:blue")
     ax[1].set(title="retain: MSE(h_l, frozen h_l)", xlabel="step")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def run_job(job: RMUJobConfig, rmu: RMUConfig, ev: EvaluationConfig) -> dict:
@@ -102,9 +93,7 @@ def run_job(job: RMUJobConfig, rmu: RMUConfig, ev: EvaluationConfig) -> dict:
             return json.load(f)
     os.makedirs(job.output_dir, exist_ok=True)
     t0 = time.time()
-    device = _device(job.device)
-    if device.type == "cpu":
-        torch.set_flush_denormal(True)  # as the trainer (--flush-denormal): denormal softmax tails are slow
+    device = job_device(job.device)
     src = load_checkpoint(job.load, device=device)
     tok, seq = src.tokenizer, src.seq_length
     forget_docs = load_documents(job.forget_corpus, tok, limit=job.corpus_limit)
@@ -136,19 +125,11 @@ def run_job(job: RMUJobConfig, rmu: RMUConfig, ev: EvaluationConfig) -> dict:
     return result
 
 
-def _csv(rows: list[dict]) -> str:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["empty"])
-    w.writeheader()
-    w.writerows(rows)
-    return buf.getvalue()
-
-
 def _write_outputs(result: dict, out_dir: str) -> None:
     with atomic_write(os.path.join(out_dir, "rmu_steps.csv"), "w") as f:
-        f.write(_csv(result["history"]))
+        f.write(csv_text(result["history"], empty_header=["empty"]))
     with atomic_write(os.path.join(out_dir, "rmu_summary.csv"), "w") as f:
-        f.write(_csv(result["summary"]))
+        f.write(csv_text(result["summary"], empty_header=["empty"]))
     if result["history"]:
         plot_history(result["history"], os.path.join(out_dir, "rmu_losses.png"))
     with atomic_write(os.path.join(out_dir, "rmu.json"), "w") as f:  # last: marks the job finished

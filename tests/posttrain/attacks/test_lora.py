@@ -10,9 +10,10 @@ import torch
 
 from megatron_tf.model.config import ModelConfig
 from megatron_tf.model.gpt import build_gpt_stage
-from megatron_tf.posttrain.attacks.finetune import FinetuneSettings, finetune_run, lm_loss
+from megatron_tf.posttrain.attacks.finetune import FinetuneSettings, finetune_run
 from megatron_tf.posttrain.attacks.lora import DEFAULT_TARGETS, add_lora, lora_parameters, merge_lora
-from megatron_tf.posttrain.attacks.sets import PackedBatches
+from megatron_tf.posttrain.common import lm_loss
+from megatron_tf.posttrain.data import PackedBatches
 from megatron_tf.tokenizer.tokenizer import build_tokenizer
 
 

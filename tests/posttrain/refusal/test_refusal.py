@@ -10,7 +10,7 @@ import torch
 
 from megatron_tf.model.config import ModelConfig
 from megatron_tf.model.gpt import build_gpt_stage
-from megatron_tf.posttrain.attacks.sets import lm_batch
+from megatron_tf.posttrain.data import lm_batch
 from megatron_tf.posttrain.refusal.build_sets import (
     LeakIndex,
     RefusalSetConfig,

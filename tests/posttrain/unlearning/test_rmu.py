@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from megatron_tf.model.config import ModelConfig
 from megatron_tf.model.gpt import build_gpt_stage
-from megatron_tf.posttrain.attacks.sets import Row, pad_rows
+from megatron_tf.posttrain.data import Row, pad_rows
 from megatron_tf.posttrain.unlearning.rmu import (
     RMUConfig,
     layer_output,

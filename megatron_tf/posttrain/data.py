@@ -68,39 +68,6 @@ def pack_windows(docs: Sequence[np.ndarray], seq_length: int) -> np.ndarray:
     return stream[idx]
 
 
-class PackedBatches:
-    """Infinite iterator of packed LM batches; the window order is a permutation drawn from (seed, epoch)."""
-
-    def __init__(self, docs: Sequence[np.ndarray], seq_length: int, batch_size: int, seed: int):
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.windows = pack_windows(docs, seq_length)
-        self.batch_size, self.seed = batch_size, seed
-        self.epoch, self._order, self._pos = 0, self._permutation(0), 0
-
-    def _permutation(self, epoch: int) -> np.ndarray:
-        return np.random.default_rng([self.seed, epoch]).permutation(len(self.windows))
-
-    @property
-    def tokens_per_batch(self) -> int:
-        return self.batch_size * (self.windows.shape[1] - 1)
-
-    def __iter__(self) -> Iterator[dict]:
-        return self
-
-    def __next__(self) -> dict:
-        rows = []
-        while len(rows) < self.batch_size:
-            if self._pos == len(self._order):
-                self.epoch += 1
-                self._order, self._pos = self._permutation(self.epoch), 0
-            rows.append(self.windows[self._order[self._pos]])
-            self._pos += 1
-        w = torch.from_numpy(np.stack(rows))
-        return {"tokens": w[:, :-1].contiguous(), "labels": w[:, 1:].contiguous(),
-                "loss_mask": torch.ones(w.shape[0], w.shape[1] - 1, dtype=torch.float32)}
-
-
 @dataclass
 class Row:
     """One sequence and a 0/1 weight per position (what a weight means is up to the user: for LM rows it is the
@@ -161,6 +128,34 @@ class RowBatches:
             out.append(self.rows[self._order[self._pos]])
             self._pos += 1
         return out
+
+
+class PackedBatches:
+    """Infinite iterator of packed LM batches; the window order is a permutation drawn from (seed, epoch) (the
+    windows are drawn as RowBatches draws rows)."""
+
+    def __init__(self, docs: Sequence[np.ndarray], seq_length: int, batch_size: int, seed: int):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.windows = pack_windows(docs, seq_length)
+        self.batch_size, self.seed = batch_size, seed
+        self._windows = RowBatches(list(self.windows), batch_size, seed)
+
+    @property
+    def epoch(self) -> int:
+        return self._windows.epoch
+
+    @property
+    def tokens_per_batch(self) -> int:
+        return self.batch_size * (self.windows.shape[1] - 1)
+
+    def __iter__(self) -> Iterator[dict]:
+        return self
+
+    def __next__(self) -> dict:
+        w = torch.from_numpy(np.stack(next(self._windows)))
+        return {"tokens": w[:, :-1].contiguous(), "labels": w[:, 1:].contiguous(),
+                "loss_mask": torch.ones(w.shape[0], w.shape[1] - 1, dtype=torch.float32)}
 
 
 def document_rows(docs: Sequence[np.ndarray], max_length: int, start_id: int, *, all_windows: bool = True,
