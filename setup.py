@@ -35,9 +35,9 @@ def _cuda_extension():
         nvcc_flags += ["-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90,code=sm_90"]
     ext = cpp_extension.CUDAExtension(
         name="megatron_tf._C",
-        sources=[os.path.join("csrc", "binding.cpp"), os.path.join("csrc", "masked_xent.cu")],
+        sources=[os.path.join("csrc", "binding.cpp"), os.path.join("csrc", "masked_cross_entropy.cu")],
         include_dirs=[os.path.join(HERE, "csrc")],
-        depends=[os.path.join("csrc", "masked_xent.h"), os.path.join("csrc", "xent_math.h")],
+        depends=[os.path.join("csrc", "masked_cross_entropy.h"), os.path.join("csrc", "cross_entropy_math.h")],
         extra_compile_args={"cxx": ["-O3"], "nvcc": nvcc_flags},
     )
     return [ext], {"build_ext": cpp_extension.BuildExtension}

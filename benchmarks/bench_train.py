@@ -83,7 +83,7 @@ def bench_size(name: str, args, prefix: str) -> dict:
              "--train-iters", str(steps_total), "--lr", "1e-4", "--tokenizer-type", "NullTokenizer",
              "--vocab-size", str(vocab), "--data-path", prefix, "--split", "1,0,0", "--num-workers",
              str(args.num_workers), "--eval-iters", "0", "--no-progress-bar", "--forget-threshold", "0.5",
-             "--cross-entropy-impl", args.xent_impl, "--device", args.device,
+             "--cross-entropy-impl", args.cross_entropy_impl, "--device", args.device,
              "--make-vocab-size-divisible-by", "128"]
     if args.bf16:
         flags.append("--bf16")
@@ -148,8 +148,8 @@ def bench_size(name: str, args, prefix: str) -> dict:
             row["overhead_vs_none_per_run"] = ratios
             row["overhead_vs_none_mean_ci95"] = mean_ci(ratios)
         rows.append(row)
-    rows[0]["one_pass_xent"] = trainer.one_pass
-    rows[0]["fused_linear_xent"] = getattr(trainer, "fused_linear", False)
+    rows[0]["one_pass_cross_entropy"] = trainer.one_pass
+    rows[0]["fused_linear_cross_entropy"] = getattr(trainer, "fused_linear", False)
     rows[0]["optimizer_impl"] = trainer.optimizer_impl
     rows[0]["attention_backend_flag"] = trainer.model_cfg.attention_backend
     rows[0]["peak_flops"] = trainer.peak
@@ -176,7 +176,7 @@ def main(argv=None) -> int:
     p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--bf16", action="store_true")
-    p.add_argument("--xent-impl", default="auto", choices=("auto", "torch", "fused", "fused-linear"))
+    p.add_argument("--cross-entropy-impl", default="auto", choices=("auto", "torch", "fused", "fused-linear"))
     p.add_argument("--modes", default=",".join(MODES), help="comma-separated filters; the first is the baseline")
     p.add_argument("--out", default=None, help="JSON output (default benchmarks/results/train_<device>.json)")
     p.add_argument("--dry-run", action="store_true", help="tiny size, 2 steps: a smoke test")

@@ -1,7 +1,8 @@
 // Python binding of the masked vocab-parallel cross-entropy kernels (module megatron_tf._C). Only this file includes
-// torch; the kernels live in masked_xent.cu. Checks shapes, dtypes and devices, then calls the launchers on the
-// current stream. Every function is asynchronous (no host synchronisation); outputs are fp32 except the gradient,
-// which has the logits' dtype. megatron_tf/ops/xent.py is the Python front (the autograd Function lives there).
+// torch; the kernels live in masked_cross_entropy.cu. Checks shapes, dtypes and devices, then calls the launchers on
+// the current stream. Every function is asynchronous (no host synchronisation); outputs are fp32 except the gradient,
+// which has the logits' dtype. megatron_tf/ops/cross_entropy.py is the Python front (the autograd Function lives
+// there).
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/extension.h>
@@ -10,18 +11,18 @@
 
 #include <vector>
 
-#include "masked_xent.h"
+#include "masked_cross_entropy.h"
 
 namespace {
 
 int dtype_code(const at::Tensor& t) {
   switch (t.scalar_type()) {
     case at::kBFloat16:
-      return xent::kBFloat16;
+      return cross_entropy::kBFloat16;
     case at::kHalf:
-      return xent::kFloat16;
+      return cross_entropy::kFloat16;
     case at::kFloat:
-      return xent::kFloat32;
+      return cross_entropy::kFloat32;
     default:
       TORCH_CHECK(false, "megatron_tf._C: logits must be bfloat16, float16 or float32, got ", t.scalar_type());
   }
@@ -37,8 +38,9 @@ void check_vec(const at::Tensor& t, const char* name, at::ScalarType dtype, int6
 }
 
 // Common checks; fills the input part of the launcher arguments.
-xent::XentArgs make_args(const at::Tensor& logits, const at::Tensor& target, const at::Tensor& weights,
-                         int64_t vocab_start, double eps, int64_t vocab_full, int64_t threads) {
+cross_entropy::CrossEntropyArgs make_args(const at::Tensor& logits, const at::Tensor& target,
+                                          const at::Tensor& weights, int64_t vocab_start, double eps,
+                                          int64_t vocab_full, int64_t threads) {
   TORCH_CHECK(logits.is_cuda(), "megatron_tf._C: logits must be a CUDA tensor, got device ", logits.device());
   TORCH_CHECK(logits.dim() == 2, "megatron_tf._C: logits must be 2-D [rows, vocab shard], got shape ",
               logits.sizes());
@@ -50,7 +52,7 @@ xent::XentArgs make_args(const at::Tensor& logits, const at::Tensor& target, con
   TORCH_CHECK(vocab_full >= logits.size(1) && vocab_full > 0, "megatron_tf._C: full vocabulary size ", vocab_full,
               " must be >= the shard size ", logits.size(1));
   TORCH_CHECK(eps >= 0.0 && eps < 1.0, "megatron_tf._C: label smoothing must be in [0, 1), got ", eps);
-  xent::XentArgs a;
+  cross_entropy::CrossEntropyArgs a;
   a.logits = logits.data_ptr();
   a.logits_stride = logits.size(0) > 1 ? logits.stride(0) : logits.size(1);
   a.target = target.data_ptr<int64_t>();
@@ -82,7 +84,7 @@ void check_launch(cudaError_t err, const char* what) {
 // [rows, 3] (label smoothing) holding this shard's (lse_r, target logit or 0, sum of logits).
 std::vector<at::Tensor> forward(const at::Tensor& logits, const at::Tensor& target, const at::Tensor& weights,
                                 int64_t vocab_start, double eps, int64_t vocab_full, bool finalize, int64_t threads) {
-  xent::XentArgs a = make_args(logits, target, weights, vocab_start, eps, vocab_full, threads);
+  cross_entropy::CrossEntropyArgs a = make_args(logits, target, weights, vocab_start, eps, vocab_full, threads);
   const c10::cuda::CUDAGuard guard(logits.device());
   const auto f32 = logits.options().dtype(at::kFloat);
   std::vector<at::Tensor> out;
@@ -96,7 +98,7 @@ std::vector<at::Tensor> forward(const at::Tensor& logits, const at::Tensor& targ
     a.stats = stats.data_ptr<float>();
     out = {stats};
   }
-  check_launch(xent::launch_forward(a, c10::cuda::getCurrentCUDAStream().stream()), "forward");
+  check_launch(cross_entropy::launch_forward(a, c10::cuda::getCurrentCUDAStream().stream()), "forward");
   return out;
 }
 
@@ -104,7 +106,7 @@ std::vector<at::Tensor> forward(const at::Tensor& logits, const at::Tensor& targ
 void backward(const at::Tensor& logits, const at::Tensor& grad, const at::Tensor& target, const at::Tensor& weights,
               const at::Tensor& grad_loss, const at::Tensor& lse, int64_t vocab_start, double eps, int64_t vocab_full,
               int64_t threads) {
-  xent::XentArgs a = make_args(logits, target, weights, vocab_start, eps, vocab_full, threads);
+  cross_entropy::CrossEntropyArgs a = make_args(logits, target, weights, vocab_start, eps, vocab_full, threads);
   check_grad_out(grad, logits);
   check_vec(grad_loss, "grad_loss", at::kFloat, a.n_rows, logits);
   check_vec(lse, "lse", at::kFloat, a.n_rows, logits);
@@ -113,14 +115,14 @@ void backward(const at::Tensor& logits, const at::Tensor& grad, const at::Tensor
   a.grad_stride = grad.size(0) > 1 ? grad.stride(0) : grad.size(1);
   a.grad_loss = grad_loss.data_ptr<float>();
   a.lse_in = lse.data_ptr<float>();
-  check_launch(xent::launch_backward(a, c10::cuda::getCurrentCUDAStream().stream()), "backward");
+  check_launch(cross_entropy::launch_backward(a, c10::cuda::getCurrentCUDAStream().stream()), "backward");
 }
 
 // TP = 1 one-pass forward + backward: returns [loss, lse]; grad = (softmax - one-hot) * scale * weight.
 std::vector<at::Tensor> forward_backward(const at::Tensor& logits, const at::Tensor& grad, const at::Tensor& target,
                                          const at::Tensor& weights, const at::Tensor& scale, double eps,
                                          int64_t threads) {
-  xent::XentArgs a = make_args(logits, target, weights, 0, eps, logits.size(1), threads);
+  cross_entropy::CrossEntropyArgs a = make_args(logits, target, weights, 0, eps, logits.size(1), threads);
   check_grad_out(grad, logits);
   TORCH_CHECK(scale.device() == logits.device() && scale.scalar_type() == at::kFloat && scale.numel() == 1,
               "megatron_tf._C: scale must be a 1-element float32 tensor on ", logits.device(), ", got ",
@@ -133,23 +135,24 @@ std::vector<at::Tensor> forward_backward(const at::Tensor& logits, const at::Ten
   a.scale = scale.data_ptr<float>();
   a.loss = loss.data_ptr<float>();
   a.lse = lse.data_ptr<float>();
-  check_launch(xent::launch_forward_backward(a, c10::cuda::getCurrentCUDAStream().stream()), "forward_backward");
+  check_launch(cross_entropy::launch_forward_backward(a, c10::cuda::getCurrentCUDAStream().stream()),
+               "forward_backward");
   return {loss, lse};
 }
 
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "megatron_tf fused masked vocab-parallel cross-entropy (see megatron_tf/ops/xent.py)";
-  m.def("xent_forward", &forward, "forward: per-shard stats, or loss and lse when finalize", py::arg("logits"),
+  m.doc() = "megatron_tf fused masked vocab-parallel cross-entropy (see megatron_tf/ops/cross_entropy.py)";
+  m.def("cross_entropy_forward", &forward, "forward: per-shard stats, or loss and lse when finalize", py::arg("logits"),
         py::arg("target"), py::arg("weights"), py::arg("vocab_start"), py::arg("eps"), py::arg("vocab_full"),
         py::arg("finalize"), py::arg("threads") = 0);
-  m.def("xent_backward", &backward, "backward into grad (may alias logits)", py::arg("logits"), py::arg("grad"),
-        py::arg("target"), py::arg("weights"), py::arg("grad_loss"), py::arg("lse"), py::arg("vocab_start"),
-        py::arg("eps"), py::arg("vocab_full"), py::arg("threads") = 0);
-  m.def("xent_forward_backward", &forward_backward, "TP=1 loss, lse and gradient in one kernel", py::arg("logits"),
-        py::arg("grad"), py::arg("target"), py::arg("weights"), py::arg("scale"), py::arg("eps"),
+  m.def("cross_entropy_backward", &backward, "backward into grad (may alias logits)", py::arg("logits"),
+        py::arg("grad"), py::arg("target"), py::arg("weights"), py::arg("grad_loss"), py::arg("lse"),
+        py::arg("vocab_start"), py::arg("eps"), py::arg("vocab_full"), py::arg("threads") = 0);
+  m.def("cross_entropy_forward_backward", &forward_backward, "TP=1 loss, lse and gradient in one kernel",
+        py::arg("logits"), py::arg("grad"), py::arg("target"), py::arg("weights"), py::arg("scale"), py::arg("eps"),
         py::arg("threads") = 0);
-  m.def("default_threads", &xent::default_threads, "heuristic threads per block", py::arg("n_cols"),
+  m.def("default_threads", &cross_entropy::default_threads, "heuristic threads per block", py::arg("n_cols"),
         py::arg("dtype"));
 }

@@ -4,13 +4,14 @@
 #   env        machine.json (device, driver, torch/CUDA, commit, date, L2 size, SDPA backends), nvidia-smi
 #   build      megatron_tf._C (pip install --no-build-isolation --no-deps --no-index -e ., MAX_JOBS=16, sm_90;
 #              falls back to setup.py build_ext --inplace) and, in parallel, the fused-linear kernel library (nvcc)
-#   tests      pytest tests/ops -k cuda (masked xent kernels and fused-linear kernels against float64, graph capture)
-#   flce       benchmarks/bench_fused_linear_xent.py: N=16384 H=2048 V=128256 bf16 fwd+bwd, 0 / 30% masked, memory,
-#              CCE and Liger when importable                                         -> fused_linear_xent.json
+#   tests      pytest tests/ops -k cuda (masked cross-entropy kernels and fused-linear kernels against float64,
+#              graph capture)
+#   flce       benchmarks/bench_fused_linear_cross_entropy.py: N=16384 H=2048 V=128256 bf16 fwd+bwd, 0 / 30% masked,
+#              memory, CCE and Liger when importable                         -> fused_linear_cross_entropy.json
 #   train      benchmarks/bench_train.py --sizes 1b --bf16: 3 runs x 30 timed steps per filter (none, mask,
 #              remove), full and causal attention MFU, overhead CIs                    -> train_bench.json
 #   annotate   benchmarks/bench_annotate.py --sizes 56m,112m on cuda (bf16): 112M / 224M biLM tokens/s
-#   xent       benchmarks/bench_xent.py --vocab 128256: p20/p80 spread                 -> xent_bench.json
+#   cross_entropy  benchmarks/bench_cross_entropy.py --vocab 128256: p20/p80 spread  -> cross_entropy_bench.json
 #   sanitizer  compute-sanitizer memcheck over small fused-linear kernel tests           -> sanitizer.log
 #   replication examples/scaling_sweep.sh (REPL_SIZES=cpu: 3 sizes x 4 arms on the bundled demo corpus, or
 #              REPL_SIZES=gpu with REPL_DATA_PREFIX) in the time left                  -> replication/report
@@ -32,7 +33,7 @@ export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 PYTHONWARNINGS=ignore
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export MEGATRON_TF_CACHE="${MEGATRON_TF_CACHE:-/tmp/megatron_tf_cache}"
 DEADLINE_S="${DEADLINE_S:-$((DRY ? 300 : 540))}"
-PARTS="${PARTS:-env,build,tests,flce,train,annotate,xent,sanitizer,replication}"
+PARTS="${PARTS:-env,build,tests,flce,train,annotate,cross_entropy,sanitizer,replication}"
 REPL_SIZES="${REPL_SIZES:-cpu}"
 REPL_DATA_PREFIX="${REPL_DATA_PREFIX:-}"
 STEPS="$OUT/steps.jsonl"
@@ -84,7 +85,8 @@ write_json(sys.argv[1], machine_info(sys.argv[2]))" "$OUT/machine.json" "$([[ $D
 }
 
 build_step() {
-  if ((DRY)); then py -c "import megatron_tf.ops.fused_linear_xent, megatron_tf.ops.flce_cuda; print('imports ok')"
+  if ((DRY)); then
+    py -c "import megatron_tf.ops.fused_linear_cross_entropy, megatron_tf.ops.flce_cuda; print('imports ok')"
     return; fi
   # the fused-linear kernel library (nvcc, ~10 s) in the background while the extension builds
   py -c "from megatron_tf.ops import flce_cuda as f; f.load_library(); print('flce library:', f.library_error() or 'loaded')" \
@@ -98,16 +100,17 @@ build_step() {
   fi
   wait "$bg"
   cat "$OUT/build_flce.txt"
-  py -c "from megatron_tf.ops import xent; print('masked xent extension:', xent.extension_error() or 'loaded')"
+  py -c "from megatron_tf.ops import cross_entropy as fused_ce
+print('masked cross-entropy extension:', fused_ce.extension_error() or 'loaded')"
 }
 
 tests_step() {  # two processes: a sticky CUDA error in one kernel family cannot fail the other's tests
   local rc1 rc2
   py -m pytest -q -p no:cacheprovider -rfE --tb=short --maxfail=40 -k cuda tests/ops \
-    --ignore=tests/ops/test_fused_linear_xent_cuda.py --junitxml="$OUT/pytest.xml"
+    --ignore=tests/ops/test_fused_linear_cross_entropy_cuda.py --junitxml="$OUT/pytest.xml"
   rc1=$?
-  py -m pytest -q -p no:cacheprovider -rfE --tb=short --maxfail=40 tests/ops/test_fused_linear_xent_cuda.py \
-    --junitxml="$OUT/pytest_flce.xml"
+  py -m pytest -q -p no:cacheprovider -rfE --tb=short --maxfail=40 \
+    tests/ops/test_fused_linear_cross_entropy_cuda.py --junitxml="$OUT/pytest_flce.xml"
   rc2=$?
   return $((rc1 > rc2 ? rc1 : rc2))
 }
@@ -116,17 +119,19 @@ sanitizer_step() {  # compute-sanitizer memcheck over small fused-linear cases (
   if ((DRY)) || ! command -v compute-sanitizer >/dev/null; then echo "compute-sanitizer: not run (dry run or absent)"
     return 0; fi
   PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck --error-exitcode 9 python3 -m pytest -q \
-    -p no:cacheprovider --tb=line -k "N7- or N300- or unaligned or tp2" tests/ops/test_fused_linear_xent_cuda.py
+    -p no:cacheprovider --tb=line -k "N7- or N300- or unaligned or tp2" \
+    tests/ops/test_fused_linear_cross_entropy_cuda.py
 }
 
 flce_step() {
-  if ((DRY)); then py benchmarks/bench_fused_linear_xent.py --dry-run --out "$OUT/fused_linear_xent.json"
-  else py benchmarks/bench_fused_linear_xent.py --out "$OUT/fused_linear_xent.json"; fi
+  if ((DRY)); then
+    py benchmarks/bench_fused_linear_cross_entropy.py --dry-run --out "$OUT/fused_linear_cross_entropy.json"
+  else py benchmarks/bench_fused_linear_cross_entropy.py --out "$OUT/fused_linear_cross_entropy.json"; fi
 }
 
-xent_step() {
-  if ((DRY)); then py benchmarks/bench_xent.py --dry-run --out "$OUT/xent_bench.json"
-  else py benchmarks/bench_xent.py --vocab 128256 --threads --out "$OUT/xent_bench.json"; fi
+cross_entropy_step() {
+  if ((DRY)); then py benchmarks/bench_cross_entropy.py --dry-run --out "$OUT/cross_entropy_bench.json"
+  else py benchmarks/bench_cross_entropy.py --vocab 128256 --threads --out "$OUT/cross_entropy_bench.json"; fi
 }
 
 train_step() {
@@ -154,7 +159,8 @@ main() {
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
       && export PYTHONPATH="$PYTHONPATH:/tmp/site" && echo "baseline wheels: $(ls .whl)"
   fi
-  export -f env_step build_step tests_step sanitizer_step flce_step xent_step train_step annotate_step replication_step py
+  export -f env_step build_step tests_step sanitizer_step flce_step cross_entropy_step train_step annotate_step \
+    replication_step py
   export DRY OUT REPL_SIZES REPL_DATA_PREFIX
   step env 30 5 bash -c env_step
   step build 200 60 bash -c build_step
@@ -162,7 +168,7 @@ main() {
   step flce 90 30 bash -c flce_step
   step train 240 90 bash -c train_step
   step annotate 75 30 bash -c annotate_step
-  step xent 45 20 bash -c xent_step
+  step cross_entropy 45 20 bash -c cross_entropy_step
   step sanitizer 90 40 bash -c sanitizer_step
   step replication 100000 60 bash -c replication_step
   py -c "import json, sys

@@ -43,7 +43,8 @@ main() {
     echo "build rc=$? in $((SECONDS - t0)) s"
     tail -2 "$OUT/build.txt"
   fi
-  python3 -c 'from megatron_tf.ops import xent; print("fused xent available:", xent.fused_available(), xent.extension_error() or "")'
+  python3 -c 'from megatron_tf.ops import cross_entropy as fused_ce
+print("fused cross-entropy available:", fused_ce.fused_available(), fused_ce.extension_error() or "")'
 
   echo "== smoke: pretrain_gpt.py, 3 steps"
   local t0=$SECONDS dev=cuda

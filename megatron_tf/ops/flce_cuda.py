@@ -1,12 +1,12 @@
-"""CUDA path of the fused LM-head + masked cross-entropy: the kernels of csrc/fused_linear_xent.cu through ctypes.
+"""CUDA path of the fused LM-head + masked cross-entropy: csrc/fused_linear_cross_entropy.cu's kernels via ctypes.
 
-The kernels are torch-free, so the binding is this file: it compiles csrc/fused_linear_xent.cu once with nvcc into
-a shared library (`nvcc -shared -cudart shared`, about 5 s; cached under $MEGATRON_TF_CACHE or ~/.cache/megatron_tf,
-keyed by the source hash and the GPU's compute capability; written to a temporary name, then renamed), loads it
-with ctypes and passes device pointers and the current CUDA stream. No torch headers are compiled (a torch C++
-extension takes minutes), and nothing here synchronises with the host: the compaction (order, pos, count) is made
-by torch ops on the device (megatron_tf/ops/fused_linear_xent.py: compact_rows) and the kernels read `count` on the
-device, so forward and backward can be captured in a CUDA graph.
+The kernels are torch-free, so the binding is this file: it compiles csrc/fused_linear_cross_entropy.cu once with nvcc
+into a shared library (`nvcc -shared -cudart shared`, about 5 s; cached under $MEGATRON_TF_CACHE or
+~/.cache/megatron_tf, keyed by the source hash and the GPU's compute capability; written to a temporary name, then
+renamed), loads it with ctypes and passes device pointers and the current CUDA stream. No torch headers are compiled (a
+torch C++ extension takes minutes), and nothing here synchronises with the host: the compaction (order, pos, count) is
+made by torch ops on the device (megatron_tf/ops/fused_linear_cross_entropy.py: compact_rows) and the kernels read
+`count` on the device, so forward and backward can be captured in a CUDA graph.
 
 Data flow (per TP rank, N = rows, h = hidden, V = this shard's vocabulary, Vc = MEGATRON_TF_FLCE_VOCAB_CHUNK):
   forward : flce_forward_stats (split log-sum-exp per row, [S, N] fp32) -> logsumexp over splits = lse_r;
@@ -30,12 +30,12 @@ from pathlib import Path
 
 import torch
 
-from megatron_tf.ops.fused_linear_xent import compact_rows, uncompact
+from megatron_tf.ops.fused_linear_cross_entropy import compact_rows, uncompact
 from megatron_tf.ops.row_stats import combine_row_stats, gather_row_stats
 from megatron_tf.utils.logging import get_logger
 
 CSRC = Path(__file__).resolve().parents[2] / "csrc"
-SOURCES = ("fused_linear_xent.cu", "fused_linear_xent.h")
+SOURCES = ("fused_linear_cross_entropy.cu", "fused_linear_cross_entropy.h")
 DTYPES = {torch.bfloat16: 0, torch.float16: 1}
 ABI_VERSION = 2
 _lib: ctypes.CDLL | None = None
@@ -69,18 +69,20 @@ def library_path(arch: str) -> Path:
 
 
 def build_library(arch: str, out: Path | None = None) -> Path:
-    """Compile csrc/fused_linear_xent.cu for sm_<arch> into a shared library (atomic write); returns its path."""
+    """Compile csrc/fused_linear_cross_entropy.cu for sm_<arch> into a shared library (atomic write); returns its
+    path."""
     out = out or library_path(arch)
     if out.exists():
         return out
     nvcc = _nvcc()
     if nvcc is None:
-        raise RuntimeError("nvcc not found (PATH, $CUDA_HOME/bin): cannot build csrc/fused_linear_xent.cu")
+        raise RuntimeError("nvcc not found (PATH, $CUDA_HOME/bin): cannot build csrc/fused_linear_cross_entropy.cu")
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=out.name + ".", suffix=".tmp", dir=out.parent)
     os.close(fd)
     cmd = [nvcc, "-O3", "-std=c++17", "-shared", "-Xcompiler", "-fPIC", "-cudart", "shared",
-           f"-gencode=arch=compute_{arch},code=sm_{arch}", f"-I{CSRC}", str(CSRC / "fused_linear_xent.cu"), "-o", tmp]
+           f"-gencode=arch=compute_{arch},code=sm_{arch}", f"-I{CSRC}", str(CSRC / "fused_linear_cross_entropy.cu"),
+           "-o", tmp]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         os.unlink(tmp)
@@ -213,8 +215,9 @@ def _contig_rows(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 and (t.shape[0] <= 1 or t.stride(0) >= t.shape[1]) else t.contiguous()
 
 
-class CudaFusedLinearXent(torch.autograd.Function):
-    """The kernel path; same inputs and outputs as fused_linear_xent.ReferenceFusedLinearXent (fp32 weights)."""
+class CudaFusedLinearCrossEntropy(torch.autograd.Function):
+    """The kernel path; same inputs and outputs as fused_linear_cross_entropy.ReferenceFusedLinearCrossEntropy
+    (fp32 weights)."""
 
     @staticmethod
     def forward(ctx, hidden2d, weight, target, weights, group, eps, vocab_start, vocab_full):

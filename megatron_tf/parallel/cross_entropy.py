@@ -9,7 +9,7 @@
   0; the backward gives weight * upstream * (softmax - one-hot) and exactly zero gradient on masked rows. The caller
   sums and divides by the global unmasked count. `loss_mask` receives no gradient.
 - impl: "auto" (the fused kernel when megatron_tf._C imports and the logits are on CUDA, else torch), "torch",
-  "fused". The choice is logged once (megatron_tf/ops/xent.py).
+  "fused". The choice is logged once (megatron_tf/ops/cross_entropy.py).
 - label_smoothing eps follows torch.nn.functional.cross_entropy: (1 - eps) * NLL + eps * mean_j(-log p_j) with the mean
   over the FULL vocabulary, so results do not depend on tp (Megatron's smoothing uses the shard's mean: rank-dependent).
 - inplace_backward (keyword, default False): write the gradient into the logits buffer (saves one logits-sized
@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import torch
 
 from megatron_tf.config.cli import opt
-from megatron_tf.ops import xent as _fused
+from megatron_tf.ops import cross_entropy as _fused
 from megatron_tf.ops.row_stats import combine_row_stats, gather_row_stats, group_size_and_rank
 
 # Rows per chunk of the reference = _CHUNK_ELEMS // shard vocabulary: at most 2^26 fp32 temporaries (256 MB).
@@ -47,8 +47,8 @@ class CrossEntropyConfig:
     cross_entropy_impl: str = field(default="auto", metadata=opt(
         "Vocab-parallel cross-entropy implementation: 'fused' CUDA kernel (megatron_tf._C), 'torch' reference, or "
         "'auto' (fused when importable and the logits are on CUDA; the choice is logged), or 'fused-linear': the "
-        "training loss fuses the output layer with the cross-entropy (megatron_tf/ops/fused_linear_xent.py: logits "
-        "never materialised, masked rows skipped; evaluation uses 'auto' on logits).",
+        "training loss fuses the output layer with the cross-entropy (megatron_tf/ops/fused_linear_cross_entropy.py: "
+        "logits never materialised, masked rows skipped; evaluation uses 'auto' on logits).",
         choices=("auto", "torch", "fused", "fused-linear")))
 
 
@@ -108,8 +108,9 @@ def torch_shard_grad(logits2d, target, weights, grad_loss, lse, vocab_start: int
     return out
 
 
-class TorchXentFunction(torch.autograd.Function):
-    """The PyTorch reference as an autograd Function (same inputs as megatron_tf.ops.xent.FusedXentFunction)."""
+class TorchCrossEntropyFunction(torch.autograd.Function):
+    """The PyTorch reference as an autograd Function (same inputs as
+    megatron_tf.ops.cross_entropy.FusedCrossEntropyFunction)."""
 
     @staticmethod
     def forward(ctx, logits2d, target, weights, group, eps, vocab_start, vocab_full, tp, inplace_backward):
@@ -174,9 +175,9 @@ def vocab_parallel_cross_entropy(logits: torch.Tensor, target: torch.Tensor, los
     eps = float(label_smoothing)
     args = (tp_group, eps, rank * v_local, v_local * tp, tp, bool(inplace_backward))
     if _fused.select_impl(impl, logits.device, logits.dtype) == "fused":
-        loss = _fused.FusedXentFunction.apply(logits2d, target1d, weights, *args)
+        loss = _fused.FusedCrossEntropyFunction.apply(logits2d, target1d, weights, *args)
     else:
-        loss = TorchXentFunction.apply(logits2d, target1d, weights, *args)
+        loss = TorchCrossEntropyFunction.apply(logits2d, target1d, weights, *args)
     return loss.view(shape)
 
 

@@ -4,10 +4,10 @@
     cfgs.model, cfgs.training, cfgs.optimizer, ...
 
 Each config owns its flags (Megatron-LM's names): ModelConfig (model/config.py), ParallelConfig (parallel/groups.py),
-GPTDatasetConfig and FilterConfig (data/config.py), CrossEntropyConfig (parallel/cross_entropy.py),
-TokenizerConfig (tokenizer/config.py) and the trainer's TrainingConfig (training/config.py), LRScheduleConfig,
-OptimizerConfig, CheckpointConfig (resume.py), LoggingConfig, EvalConfig, DeepSpeedConfig. `--seq-length` and
-`--seed` (TrainingConfig) are copied into the data config and default the model's max_position_embeddings.
+GPTDatasetConfig and FilterConfig (data/config.py), CrossEntropyConfig (parallel/cross_entropy.py), TokenizerConfig
+(tokenizer/config.py) and the trainer's TrainingConfig (training/config.py), LRScheduleConfig, OptimizerConfig,
+CheckpointConfig (resume.py), LoggingConfig, EvalConfig (validation.py), DeepSpeedConfig. `--seq-length` and `--seed`
+(TrainingConfig) are copied into the data config and default the model's max_position_embeddings.
 """
 
 from __future__ import annotations
@@ -25,11 +25,11 @@ from megatron_tf.tokenizer.config import TokenizerConfig
 
 from .config import TrainingConfig
 from .deepspeed_engine import DeepSpeedConfig
-from .evaluate import EvalConfig
 from .lr_schedule import LRScheduleConfig
 from .metrics import LoggingConfig
 from .optimizer import OptimizerConfig
-from .resume import CheckpointConfig
+from .resume import CheckpointConfig, current_sections
+from .validation import EvalConfig
 
 # attribute name in Configs -> (class, argparse group title)
 CONFIG_CLASSES = {
@@ -39,7 +39,7 @@ CONFIG_CLASSES = {
     "tokenizer": (TokenizerConfig, "tokenizer"),
     "data": (GPTDatasetConfig, "data"),
     "filter": (FilterConfig, "token filter"),
-    "xent": (CrossEntropyConfig, "loss"),
+    "cross_entropy": (CrossEntropyConfig, "loss"),
     "lr": (LRScheduleConfig, "learning rate"),
     "optimizer": (OptimizerConfig, "optimizer"),
     "checkpoint": (CheckpointConfig, "checkpointing"),
@@ -59,7 +59,7 @@ class Configs:
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     data: GPTDatasetConfig = field(default_factory=GPTDatasetConfig)
     filter: FilterConfig = field(default_factory=FilterConfig)
-    xent: CrossEntropyConfig = field(default_factory=CrossEntropyConfig)
+    cross_entropy: CrossEntropyConfig = field(default_factory=CrossEntropyConfig)
     lr: LRScheduleConfig = field(default_factory=LRScheduleConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
@@ -76,6 +76,8 @@ class Configs:
 
     @classmethod
     def from_dict(cls, d: dict) -> Configs:
+        """From to_dict() or a checkpoint's saved configs (older checkpoints' section names accepted)."""
+        d = current_sections(d)
         kw = {}
         for name, (klass, _) in CONFIG_CLASSES.items():
             if name in d:

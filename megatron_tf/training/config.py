@@ -4,7 +4,7 @@
 the data config (`dataclasses.replace(data_cfg, seq_length=..., seed=...)`), as Megatron-LM shares them.
 Other configs sit next to what they configure: OptimizerConfig (optimizer.py), LRScheduleConfig (lr_schedule.py),
 CheckpointConfig (resume.py), TokenizerConfig (tokenizer/config.py), LoggingConfig (metrics.py), DeepSpeedConfig
-(deepspeed_engine.py), EvalConfig (evaluate.py).
+(deepspeed_engine.py), EvalConfig (validation.py).
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ from megatron_tf.data.builder import build_gpt_datasets
 from megatron_tf.data.loader import build_pretraining_data_loader
 from megatron_tf.model import build_gpt_stage, model_flops_per_token, num_parameters
 from megatron_tf.model.gpt import allreduce_embedding_grads
-from megatron_tf.ops.fused_linear_xent import fused_linear_objective
+from megatron_tf.ops.fused_linear_cross_entropy import fused_linear_objective
 from megatron_tf.parallel.cross_entropy import vocab_parallel_cross_entropy
 from megatron_tf.parallel.data_parallel import allreduce_mean_grads
 from megatron_tf.parallel.groups import build_parallel_groups
@@ -47,13 +47,13 @@ from . import resume
 from .arguments import Configs
 from .distributed import init_distributed
 from .divergence import DivergenceGuard, is_finite, nonfinite_step
-from .evaluate import build_eval_datasets, eval_num_samples
 from .loss import global_count, local_learned_tokens, loss_scale, microbatch_objective, use_one_pass
 from .lr_schedule import build_lr_schedule
 from .metrics import MetricsWriter, format_eval, format_train, mfu, peak_flops, progress_bar
 from .optimizer import build_optimizer, clip_grads_, global_grad_norm, norm_params, set_lr
 from .result import TrainResult
 from .schedule import P2P, forward_backward_1f1b, forward_backward_no_pipelining
+from .validation import build_eval_datasets, eval_num_samples
 
 log = get_logger(__name__)
 
@@ -177,9 +177,10 @@ class Trainer:
         s = t.seq_length // (g.tp_size if self.model_cfg.sequence_parallel else 1)
         self.p2p = P2P(g.prev_stage_rank, g.next_stage_rank, (s, t.micro_batch_size, h), torch.float32,
                        self.device) if g.pp_size > 1 else None
-        self.fused_linear = g.is_last_stage and cfgs.xent.cross_entropy_impl == "fused-linear"
+        self.fused_linear = g.is_last_stage and cfgs.cross_entropy.cross_entropy_impl == "fused-linear"
         self.one_pass = g.is_last_stage and not self.fused_linear and use_one_pass(
-            cfgs.xent.cross_entropy_impl, g.tp_size, self.device, torch.bfloat16 if self.bf16 else torch.float32)
+            cfgs.cross_entropy.cross_entropy_impl, g.tp_size, self.device,
+            torch.bfloat16 if self.bf16 else torch.float32)
         if self.one_pass:
             log.info("loss: one-pass fused cross-entropy loss + gradient (TP = 1)")
 
@@ -315,7 +316,7 @@ class Trainer:
         scale = loss_scale(count, g.dp_size)
         dev_batches = [self._to_device(b) for b in batches]
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        xc = cfgs.xent
+        ce_cfg = cfgs.cross_entropy
         eps = cfgs.training.label_smoothing
 
         def forward_step(i, x):
@@ -330,7 +331,7 @@ class Trainer:
                                                    torch.bfloat16 if self.bf16 else torch.float32)
             else:
                 handle, s = microbatch_objective(out, b["labels"], b["loss_mask"], scale, g.tp_group,
-                                                 xc.cross_entropy_impl, eps, self.one_pass)
+                                                 ce_cfg.cross_entropy_impl, eps, self.one_pass)
             loss_sum = loss_sum + s.double()
             return handle
 
@@ -391,7 +392,7 @@ class Trainer:
                                                    num_workers=0, total_samples=n)
             it = iter(loader)
             sums = torch.zeros(4, dtype=torch.float64, device=self.device)
-            xc = self.cfgs.xent
+            ce_cfg = self.cfgs.cross_entropy
 
             def forward_step(i, x):
                 b = self._to_device(next(it))
@@ -399,7 +400,7 @@ class Trainer:
                 if not g.is_last_stage:
                     return out
                 mask = b["loss_mask"]
-                per_tok = vocab_parallel_cross_entropy(out, b["labels"], mask, g.tp_group, xc.cross_entropy_impl)
+                per_tok = vocab_parallel_cross_entropy(out, b["labels"], mask, g.tp_group, ce_cfg.cross_entropy_impl)
                 sums[0] += per_tok.sum().double()
                 sums[1] += mask.sum().double()
                 if "forget_labels" in b:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from megatron_tf.ops import xent as _xent
+from megatron_tf.ops import cross_entropy as _fused_ce
 from megatron_tf.parallel.cross_entropy import cross_entropy_loss_and_grad, vocab_parallel_cross_entropy
 
 
@@ -41,7 +41,7 @@ def loss_scale(count: torch.Tensor, dp_size: int) -> torch.Tensor:
 
 def use_one_pass(impl: str, tp_size: int, device: torch.device, dtype: torch.dtype) -> bool:
     """The fused kernel's one-pass loss+gradient is used with TP = 1 when the fused implementation is selected."""
-    return tp_size == 1 and device.type == "cuda" and _xent.select_impl(impl, device, dtype) == "fused"
+    return tp_size == 1 and device.type == "cuda" and _fused_ce.select_impl(impl, device, dtype) == "fused"
 
 
 def microbatch_objective(logits: torch.Tensor, labels: torch.Tensor, loss_mask: torch.Tensor, scale: torch.Tensor,

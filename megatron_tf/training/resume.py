@@ -63,6 +63,9 @@ ARCH_FIELDS = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_he
                "decoder_first_pipeline_num_layers", "decoder_last_pipeline_num_layers")
 
 
+# config.json sections renamed since checkpoints were first saved: old name -> current name (Configs attribute)
+RENAMED_SECTIONS = {"xent": "cross_entropy"}
+
 # data fields that do not change which samples are trained on (all other data and filter fields do)
 DATA_RUNTIME_FIELDS = ("num_workers", "data_cache_path")
 
@@ -81,8 +84,21 @@ def _is_number(x) -> bool:
     return True
 
 
+def current_sections(configs: dict) -> dict:
+    """A saved configs dict (config.json "configs") with renamed sections under their current names; a section
+    saved under both names keeps the current one."""
+    out = dict(configs)
+    for old, new in RENAMED_SECTIONS.items():
+        if old in out:
+            section = out.pop(old)
+            out.setdefault(new, section)
+    return out
+
+
 def config_differences(saved: dict, current: dict) -> list[tuple[str, object, object]]:
-    """(section.key, saved, current) for every config field that differs (fields the checkpoint predates skipped)."""
+    """(section.key, saved, current) for every config field that differs (fields the checkpoint predates skipped;
+    sections saved under an older name compared under the current one)."""
+    saved = current_sections(saved)
     out = []
     for section, cur in current.items():
         old = saved.get(section)

@@ -25,11 +25,11 @@ def test_run_all_dry_run_exercises_every_step(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["dry_run"] is True
     steps = {s["step"]: s for s in summary["steps"]}
-    assert list(steps) == ["env", "build", "tests", "flce", "train", "annotate", "xent", "sanitizer",
+    assert list(steps) == ["env", "build", "tests", "flce", "train", "annotate", "cross_entropy", "sanitizer",
                            "replication"]
     assert all(s["status"] == "ok" and s["rc"] == 0 for s in steps.values()), steps
     assert summary["machine"]["git_commit"] == "0123abc" and summary["machine"]["git_dirty"] is False
-    for name in ("fused_linear_xent.json", "xent_bench.json", "train_bench.json", "annotate.json"):
+    for name in ("fused_linear_cross_entropy.json", "cross_entropy_bench.json", "train_bench.json", "annotate.json"):
         rec = json.loads((out / name).read_text())
         assert MACHINE_KEYS <= set(rec["machine"]), (name, sorted(rec["machine"]))
         assert rec["machine"]["git_commit"] == "0123abc", name
@@ -38,7 +38,7 @@ def test_run_all_dry_run_exercises_every_step(tmp_path):
     assert all(len(r["tokens_per_s_per_run"]) == 2 for r in train)  # --rounds 2 in the dry run: a CI exists
     assert train[1]["overhead_vs_none_mean_ci95"]["ci95"] is not None
     assert all(r["flops_per_token_causal_attention"] < r["flops_per_token_full_attention"] for r in train)
-    flce = json.loads((out / "fused_linear_xent.json").read_text())["results"]
+    flce = json.loads((out / "fused_linear_cross_entropy.json").read_text())["results"]
     assert {r["method"] for r in flce} == {"materialised", "ours_torch"} and all("p80_ms" in r for r in flce)
     assert all(r["grad_weight_rel_vs_materialised"] < 1e-5 for r in flce)
     assert (out / "replication.log").read_text().count("pretrain_gpt.py") == 12  # 3 sizes x 4 arms (commands)
@@ -46,10 +46,11 @@ def test_run_all_dry_run_exercises_every_step(tmp_path):
 
 def test_run_all_deadline_skips_and_part_selection(tmp_path):
     out = tmp_path / "out"
-    env = dict(os.environ, OUT=str(out), PARTS="env,xent", DEADLINE_S="3", MEGATRON_TF_CACHE=str(tmp_path / "c"))
+    env = dict(os.environ, OUT=str(out), PARTS="env,cross_entropy", DEADLINE_S="3",
+               MEGATRON_TF_CACHE=str(tmp_path / "c"))
     proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu" / "run_all.sh"), "--dry-run"], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-3000:]
     steps = {s["step"]: s["status"] for s in json.loads((out / "summary.json").read_text())["steps"]}
-    assert steps["env"] == "skipped: out of time" and steps["xent"] == "skipped: out of time"
+    assert steps["env"] == "skipped: out of time" and steps["cross_entropy"] == "skipped: out of time"
     assert steps["train"] == "not selected" and steps["build"] == "not selected"

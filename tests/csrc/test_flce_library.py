@@ -1,6 +1,7 @@
-"""The fused-linear cross-entropy kernel library (csrc/fused_linear_xent.cu): it builds as a shared library with nvcc
-exactly as megatron_tf/ops/flce_cuda.py builds it on a GPU machine, exports the C ABI the ctypes binding declares,
-and its launchers reject bad arguments before touching the device (so they can be called here, without a GPU)."""
+"""The fused-linear cross-entropy kernel library (csrc/fused_linear_cross_entropy.cu): it builds as a shared library
+with nvcc exactly as megatron_tf/ops/flce_cuda.py builds it on a GPU machine, exports the C ABI the ctypes binding
+declares, and its launchers reject bad arguments before touching the device (so they can be called here, without a
+GPU)."""
 
 from __future__ import annotations
 

@@ -1,9 +1,9 @@
 """The Python side of the fused-linear CUDA path (megatron_tf/ops/flce_cuda.py: compaction, pointer and leading-
 dimension arithmetic, vocabulary chunks, split log-sum-exp, TP combine, autograd) on CPU, with the kernel library
-replaced by a PyTorch implementation of the C ABI exactly as csrc/fused_linear_xent.h specifies it. The fake resolves
-every device pointer it receives back to the live tensor that holds it, so a wrong offset, leading dimension or
-count would read the wrong memory here as it would on the GPU. Checked against float64; the real kernels are
-checked on a GPU by tests/ops/test_fused_linear_xent_cuda.py."""
+replaced by a PyTorch implementation of the C ABI exactly as csrc/fused_linear_cross_entropy.h specifies it. The fake
+resolves every device pointer it receives back to the live tensor that holds it, so a wrong offset, leading dimension or
+count would read the wrong memory here as it would on the GPU. Checked against float64; the real kernels are checked on
+a GPU by tests/ops/test_fused_linear_cross_entropy_cuda.py."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from megatron_tf.ops import flce_cuda
-from megatron_tf.ops import fused_linear_xent as flx
+from megatron_tf.ops import fused_linear_cross_entropy as flx
 from megatron_tf.ops.row_stats import combine_row_stats
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")  # gc.get_objects() meets deprecated objects
@@ -41,7 +41,7 @@ def _vec(ptr, n):
 
 
 class FakeLib:
-    """csrc/fused_linear_xent.h's launchers in PyTorch (fp32 math from the 16-bit inputs)."""
+    """csrc/fused_linear_cross_entropy.h's launchers in PyTorch (fp32 math from the 16-bit inputs)."""
 
     def __init__(self):
         self.calls = []
@@ -133,7 +133,7 @@ def test_glue_with_spec_kernels_matches_float64(fake, monkeypatch, eps, vocab_ch
     poisoned = hidden.clone()
     poisoned[~mask] = float("nan")
     hs, ws = poisoned.requires_grad_(True), weight.clone().requires_grad_(True)
-    loss = flce_cuda.CudaFusedLinearXent.apply(hs, ws, target, mask.float(), None, eps, 0, v)
+    loss = flce_cuda.CudaFusedLinearCrossEntropy.apply(hs, ws, target, mask.float(), None, eps, 0, v)
     gh, gw = torch.autograd.grad(loss, (hs, ws), up)
     chunks = -(-v // min(v, max(64, int(vocab_chunk))))
     assert fake.calls == ["forward_stats", "target_dot"] + ["dlogits", "grad_hidden", "grad_weight"] * chunks
@@ -161,6 +161,6 @@ def test_glue_tp2_shards_and_fully_masked(fake):
     assert _rel(flx.uncompact(loss_c, pos, active), r_loss) < 1e-5
     none = torch.zeros(n, dtype=torch.bool)
     hs, ws = hidden.clone().requires_grad_(True), weight.clone().requires_grad_(True)
-    loss = flce_cuda.CudaFusedLinearXent.apply(hs, ws, target, none.float(), None, 0.0, 0, 2 * vl)
+    loss = flce_cuda.CudaFusedLinearCrossEntropy.apply(hs, ws, target, none.float(), None, 0.0, 0, 2 * vl)
     gh, gw = torch.autograd.grad(loss.sum(), (hs, ws))
     assert (loss == 0).all() and (gh == 0).all() and (gw == 0).all()

@@ -2,15 +2,16 @@
 # The prepared GPU check of the fused cross-entropy, in one device call (about 4 minutes on an H100):
 #   1. build megatron_tf._C against the machine's torch (setup.py build_ext --inplace, ninja, MAX_JOBS=16, sm_90),
 #   2. the CUDA tests against float64 (pytest tests/ops -k cuda; CUDA-graph capture proves no host sync),
-#   3. the benchmark (benchmarks/bench_xent.py -> $OUT/xent_bench.json),
+#   3. the benchmark (benchmarks/bench_cross_entropy.py -> $OUT/cross_entropy_bench.json),
 #   4. if time is left, compute-sanitizer memcheck over the small CUDA tests (no caching allocator, so an
 #      out-of-bounds access of any tensor is seen).
 # Liger-Kernel is installed from .whl/ when carried (see the device README). Outputs under $OUT: log.txt, build.txt,
-# pytest.xml, xent_bench.json, sanitizer.txt. Each step has a cap and the whole script a deadline (DEADLINE_S).
+# pytest.xml, cross_entropy_bench.json, sanitizer.txt. Each step has a cap and the whole script a deadline
+# (DEADLINE_S).
 #
-#   run(command="bash benchmarks/gpu/run_xent_check.sh", carry=[".whl"], timeout_s=360)
+#   run(command="bash benchmarks/gpu/run_cross_entropy_check.sh", carry=[".whl"], timeout_s=360)
 set -u -o pipefail
-OUT="${OUT:-/tmp/xent_check}"
+OUT="${OUT:-/tmp/cross_entropy_check}"
 mkdir -p "$OUT"
 cd "$(dirname "$0")/../.."
 export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
@@ -40,7 +41,8 @@ main() {
   echo "build rc=$rc_build in $((SECONDS - t0)) s"
   grep -iE "error|warning: |ptxas" "$OUT/build.txt" | head -30
   tail -3 "$OUT/build.txt"
-  python3 -c 'from megatron_tf.ops import xent; print("fused available:", xent.fused_available(), xent.extension_error())'
+  python3 -c 'from megatron_tf.ops import cross_entropy as fused_ce
+print("fused available:", fused_ce.fused_available(), fused_ce.extension_error())'
 
   echo "== tests"
   t0=$SECONDS
@@ -51,7 +53,7 @@ main() {
 
   echo "== bench"
   t0=$SECONDS
-  timeout "$(left 150)" python3 benchmarks/bench_xent.py --out "$OUT/xent_bench.json"
+  timeout "$(left 150)" python3 benchmarks/bench_cross_entropy.py --out "$OUT/cross_entropy_bench.json"
   echo "bench rc=$? in $((SECONDS - t0)) s"
 
   if ((DEADLINE_S - SECONDS > 40)) && command -v compute-sanitizer >/dev/null; then
@@ -59,7 +61,7 @@ main() {
     t0=$SECONDS
     PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout "$(left 90)" compute-sanitizer --tool memcheck --error-exitcode 9 \
       python3 -m pytest -q -p no:cacheprovider --tb=line -k "cuda and (misaligned or tp2-bfloat16-N7 or V1000-m0.3)" \
-      tests/ops/test_xent_cuda.py >"$OUT/sanitizer.txt" 2>&1
+      tests/ops/test_cross_entropy_cuda.py >"$OUT/sanitizer.txt" 2>&1
     echo "sanitizer rc=$? in $((SECONDS - t0)) s"
     grep -E "ERROR SUMMARY|passed|failed|Invalid" "$OUT/sanitizer.txt" | head -10
   fi

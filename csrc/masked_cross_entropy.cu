@@ -1,5 +1,5 @@
 // Masked vocab-parallel cross-entropy kernels. Torch-free (only CUDA headers): compiles in seconds with nvcc, and
-// binding.cpp (the only file that includes torch) calls the launchers declared in masked_xent.h.
+// binding.cpp (the only file that includes torch) calls the launchers declared in masked_cross_entropy.h.
 //
 // One block per row. Each row is split into an unaligned head, a body of 16-byte vectors (8 bf16/fp16 or 4 fp32
 // values) and a tail, so any row length and row offset works; the body is read kUnroll vectors per thread at a time
@@ -14,10 +14,10 @@
 
 #include <cstdint>
 
-#include "masked_xent.h"
-#include "xent_math.h"
+#include "masked_cross_entropy.h"
+#include "cross_entropy_math.h"
 
-namespace xent {
+namespace cross_entropy {
 namespace {
 
 constexpr int kUnroll = 4;
@@ -109,8 +109,8 @@ __device__ __forceinline__ uint4 pack_vec<float>(const float* x) {
   return make_uint4(__float_as_uint(x[0]), __float_as_uint(x[1]), __float_as_uint(x[2]), __float_as_uint(x[3]));
 }
 
-// Device row accessor for the loops in xent_math.h. kReadOnly: the buffer is not written by this kernel (loads go
-// through the non-coherent path); otherwise plain loads, since the gradient may be written in place over the logits.
+// Device row accessor for the loops in cross_entropy_math.h. kReadOnly: the buffer is not written by this kernel (loads
+// go through the non-coherent path); otherwise plain loads, since the gradient may be written in place over the logits.
 template <typename T, bool kReadOnly>
 struct DevRow {
   using Raw = uint4;
@@ -217,7 +217,7 @@ __device__ __forceinline__ void block_row_zero(T* g, int64_t n) {
 }
 
 template <typename T, bool kSmooth>
-__global__ void __launch_bounds__(kMaxThreads) forward_kernel(const XentArgs a) {
+__global__ void __launch_bounds__(kMaxThreads) forward_kernel(const CrossEntropyArgs a) {
   const int64_t row = blockIdx.x;
   const float w = a.weights[row];
   constexpr int K = kSmooth ? 3 : 2;
@@ -256,7 +256,7 @@ __global__ void __launch_bounds__(kMaxThreads) forward_kernel(const XentArgs a) 
 }
 
 template <typename T, bool kSmooth>
-__global__ void __launch_bounds__(kMaxThreads) backward_kernel(const XentArgs a) {
+__global__ void __launch_bounds__(kMaxThreads) backward_kernel(const CrossEntropyArgs a) {
   const int64_t row = blockIdx.x;
   const float w = a.weights[row];
   T* g = static_cast<T*>(a.grad) + row * a.grad_stride;
@@ -272,7 +272,7 @@ __global__ void __launch_bounds__(kMaxThreads) backward_kernel(const XentArgs a)
 }
 
 template <typename T, bool kSmooth>
-__global__ void __launch_bounds__(kMaxThreads) forward_backward_kernel(const XentArgs a) {
+__global__ void __launch_bounds__(kMaxThreads) forward_backward_kernel(const CrossEntropyArgs a) {
   const int64_t row = blockIdx.x;
   const float w = a.weights[row];
   T* g = static_cast<T*>(a.grad) + row * a.grad_stride;
@@ -302,7 +302,7 @@ __global__ void __launch_bounds__(kMaxThreads) forward_backward_kernel(const Xen
 }
 
 template <template <typename, bool> class Launch>
-cudaError_t dispatch(const XentArgs& a, cudaStream_t stream) {
+cudaError_t dispatch(const CrossEntropyArgs& a, cudaStream_t stream) {
   if (a.n_rows == 0) return cudaSuccess;
   const int threads = a.threads > 0 ? a.threads : default_threads(a.n_cols, a.dtype);
   if (threads % 32 != 0 || threads > kMaxThreads || a.n_rows > 0x7fffffffLL) return cudaErrorInvalidValue;
@@ -327,19 +327,19 @@ cudaError_t dispatch(const XentArgs& a, cudaStream_t stream) {
 
 template <typename T, bool S>
 struct LaunchForward {
-  static void run(const XentArgs& a, dim3 grid, int threads, cudaStream_t s) {
+  static void run(const CrossEntropyArgs& a, dim3 grid, int threads, cudaStream_t s) {
     forward_kernel<T, S><<<grid, threads, 0, s>>>(a);
   }
 };
 template <typename T, bool S>
 struct LaunchBackward {
-  static void run(const XentArgs& a, dim3 grid, int threads, cudaStream_t s) {
+  static void run(const CrossEntropyArgs& a, dim3 grid, int threads, cudaStream_t s) {
     backward_kernel<T, S><<<grid, threads, 0, s>>>(a);
   }
 };
 template <typename T, bool S>
 struct LaunchForwardBackward {
-  static void run(const XentArgs& a, dim3 grid, int threads, cudaStream_t s) {
+  static void run(const CrossEntropyArgs& a, dim3 grid, int threads, cudaStream_t s) {
     forward_backward_kernel<T, S><<<grid, threads, 0, s>>>(a);
   }
 };
@@ -353,10 +353,14 @@ int default_threads(int64_t n_cols, int dtype) {
   return 128;
 }
 
-cudaError_t launch_forward(const XentArgs& a, cudaStream_t stream) { return dispatch<LaunchForward>(a, stream); }
-cudaError_t launch_backward(const XentArgs& a, cudaStream_t stream) { return dispatch<LaunchBackward>(a, stream); }
-cudaError_t launch_forward_backward(const XentArgs& a, cudaStream_t stream) {
+cudaError_t launch_forward(const CrossEntropyArgs& a, cudaStream_t stream) {
+  return dispatch<LaunchForward>(a, stream);
+}
+cudaError_t launch_backward(const CrossEntropyArgs& a, cudaStream_t stream) {
+  return dispatch<LaunchBackward>(a, stream);
+}
+cudaError_t launch_forward_backward(const CrossEntropyArgs& a, cudaStream_t stream) {
   return dispatch<LaunchForwardBackward>(a, stream);
 }
 
-}  // namespace xent
+}  // namespace cross_entropy

@@ -1,5 +1,5 @@
 """GPU checks of the fused cross-entropy kernels against a float64 reference (skipped without CUDA and the built
-extension; run by benchmarks/gpu/run_xent_check.sh with `pytest tests/ops -k cuda`).
+extension; run by benchmarks/gpu/run_cross_entropy_check.sh with `pytest tests/ops -k cuda`).
 
 Fresh random inputs per case; outputs are poisoned with NaN before each kernel call, so every element must be
 written; masked rows carry NaN/inf logits, so they must not be read. Metrics: ||out - ref|| / ||ref|| over unmasked
@@ -14,12 +14,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from megatron_tf.ops import xent
+from megatron_tf.ops import cross_entropy as fused_ce
 from megatron_tf.ops.row_stats import combine_row_stats
 from megatron_tf.parallel import cross_entropy as ce
 
 DEVICE = "cuda"
-pytestmark = pytest.mark.skipif(not (torch.cuda.is_available() and xent.fused_available()),
+pytestmark = pytest.mark.skipif(not (torch.cuda.is_available() and fused_ce.fused_available()),
                                 reason="needs a CUDA device and the built extension megatron_tf._C")
 
 LOSS_REL, LOSS_ABS = 1e-5, 1e-4
@@ -142,14 +142,14 @@ CASES = [(dtype, n, v, masked) for dtype in (torch.bfloat16, torch.float32) for 
 def test_cuda_kernels_match_float64(dtype, n, v, masked):
     what = f"{dtype} N={n} V={v} masked={masked}"
     logits, target, mask, w = _make(n, v, dtype, masked, ("main", dtype, n, v, masked))
-    ext = xent.load_extension()
-    loss, lse = ext.xent_forward(logits, target, w, 0, 0.0, v, True)
+    ext = fused_ce.load_extension()
+    loss, lse = ext.cross_entropy_forward(logits, target, w, 0, 0.0, v, True)
     up = torch.randn(n, generator=_gen("up", n), device=DEVICE)
     grad = _poisoned_like(logits)
-    ext.xent_backward(logits, grad, target, w, up, lse, 0, 0.0, v)
+    ext.cross_entropy_backward(logits, grad, target, w, up, lse, 0, 0.0, v)
     scale = (1.0 / mask.sum().clamp(min=1).float()).reshape(1)
     grad1 = _poisoned_like(logits)
-    loss1, lse1 = ext.xent_forward_backward(logits, grad1, target, w, scale, 0.0)
+    loss1, lse1 = ext.cross_entropy_forward_backward(logits, grad1, target, w, scale, 0.0)
     loss64, res = _reference_check(logits, target, w, 0.0,
                                    [(grad, up.double()), (grad1, scale.double().expand(n))])
     _check_loss(loss, loss64, mask, what + " forward")
@@ -167,14 +167,14 @@ def test_cuda_label_smoothing(dtype, v, n):
     eps = 0.1
     what = f"{dtype} N={n} V={v} eps={eps}"
     logits, target, mask, w = _make(n, v, dtype, 0.3, ("smooth", dtype, n, v))
-    ext = xent.load_extension()
-    loss, lse = ext.xent_forward(logits, target, w, 0, eps, v, True)
+    ext = fused_ce.load_extension()
+    loss, lse = ext.cross_entropy_forward(logits, target, w, 0, eps, v, True)
     up = torch.randn(n, generator=_gen("up-s", n), device=DEVICE)
     grad = _poisoned_like(logits)
-    ext.xent_backward(logits, grad, target, w, up, lse, 0, eps, v)
+    ext.cross_entropy_backward(logits, grad, target, w, up, lse, 0, eps, v)
     grad1 = _poisoned_like(logits)
     scale = torch.full((1,), 0.5, device=DEVICE)
-    loss1, _ = ext.xent_forward_backward(logits, grad1, target, w, scale, eps)
+    loss1, _ = ext.cross_entropy_forward_backward(logits, grad1, target, w, scale, eps)
     loss64, res = _reference_check(logits, target, w, eps, [(grad, up.double()), (grad1, scale.double().expand(n))])
     m = mask
     ref_f = F.cross_entropy(logits[m].double(), target[m], reduction="none", label_smoothing=eps)
@@ -197,22 +197,23 @@ def test_cuda_tp2_simulated(dtype, n, vl, eps):
     v = 2 * vl
     logits, target, mask, w = _make(n, v, dtype, 0.3, ("tp2", dtype, n, vl, eps))
     target[: min(n, 4)] = torch.tensor([vl - 1, vl, 0, v - 1], device=DEVICE)[: min(n, 4)]  # shard edges
-    ext = xent.load_extension()
+    ext = fused_ce.load_extension()
     shards = [logits[:, r * vl:(r + 1) * vl] for r in range(2)]
-    stats = torch.stack([ext.xent_forward(s, target, w, r * vl, eps, v, False)[0] for r, s in enumerate(shards)])
+    stats = torch.stack([ext.cross_entropy_forward(s, target, w, r * vl, eps, v, False)[0]
+                         for r, s in enumerate(shards)])
     assert stats.shape == (2, n, 3 if eps else 2)
     loss, lse = combine_row_stats(stats, w, eps, v)
     up = torch.randn(n, generator=_gen("up-tp", n), device=DEVICE)
     grads = []
     for r, s in enumerate(shards):
         gr = _poisoned_like(s.contiguous())
-        ext.xent_backward(s, gr, target, w, up, lse, r * vl, eps, v)
+        ext.cross_entropy_backward(s, gr, target, w, up, lse, r * vl, eps, v)
         grads.append(gr)
     grad = torch.cat(grads, dim=1)
     loss64, res = _reference_check(logits, target, w, eps, [(grad, up.double())])
     _check_loss(loss, loss64, mask, what)
     _check_grad(grad, mask, res[0], dtype, what)
-    loss_tp1, _ = ext.xent_forward(logits.contiguous(), target, w, 0, eps, v, True)
+    loss_tp1, _ = ext.cross_entropy_forward(logits.contiguous(), target, w, 0, eps, v, True)
     torch.testing.assert_close(loss, loss_tp1, rtol=2e-6, atol=2e-5)
 
 
@@ -222,24 +223,24 @@ def test_cuda_misaligned_rows_and_inplace(dtype, v, offset):
     n = 33
     what = f"{dtype} V={v} offset={offset}"
     logits, target, mask, w = _make(n, v, dtype, 0.3, ("mis", dtype, v, offset), offset=offset)
-    ext = xent.load_extension()
-    loss, lse = ext.xent_forward(logits, target, w, 0, 0.0, v, True)
+    ext = fused_ce.load_extension()
+    loss, lse = ext.cross_entropy_forward(logits, target, w, 0, 0.0, v, True)
     up = torch.randn(n, generator=_gen("up-m", n), device=DEVICE)
     grad = _poisoned_like(logits.contiguous())  # differently aligned from the logits rows: scalar path
-    ext.xent_backward(logits, grad, target, w, up, lse, 0, 0.0, v)
+    ext.cross_entropy_backward(logits, grad, target, w, up, lse, 0, 0.0, v)
     loss64, res = _reference_check(logits, target, w, 0.0, [(grad, up.double())])
     _check_loss(loss, loss64, mask, what)
     _check_grad(grad, mask, res[0], dtype, what)
     inplace = torch.empty(n, v + offset, dtype=dtype, device=DEVICE)[:, offset:]
     inplace.copy_(logits)
-    ext.xent_backward(inplace, inplace, target, w, up, lse, 0, 0.0, v)  # same alignment: vector path, in place
+    ext.cross_entropy_backward(inplace, inplace, target, w, up, lse, 0, 0.0, v)  # same alignment: vector path, in place
     _same(inplace, grad, what + " in place")
     buf = torch.empty(n, v + offset, dtype=dtype, device=DEVICE)[:, offset:]
     buf.copy_(logits)
     scale = torch.full((1,), 0.25, device=DEVICE)
     g_out = _poisoned_like(logits.contiguous())
-    l1, _ = ext.xent_forward_backward(logits, g_out, target, w, scale, 0.0)
-    l2, _ = ext.xent_forward_backward(buf, buf, target, w, scale, 0.0)
+    l1, _ = ext.cross_entropy_forward_backward(logits, g_out, target, w, scale, 0.0)
+    l2, _ = ext.cross_entropy_forward_backward(buf, buf, target, w, scale, 0.0)
     torch.testing.assert_close(l1, l2, rtol=1e-6, atol=1e-6)
     _same(buf, g_out, what + " one-pass in place")
 
@@ -248,16 +249,16 @@ def test_cuda_misaligned_rows_and_inplace(dtype, v, offset):
 def test_cuda_block_sizes(threads):
     n, v, dtype = 257, 50304, torch.bfloat16
     logits, target, mask, w = _make(n, v, dtype, 0.3, ("threads", threads))
-    ext = xent.load_extension()
-    loss, lse = ext.xent_forward(logits, target, w, 0, 0.0, v, True, threads)
+    ext = fused_ce.load_extension()
+    loss, lse = ext.cross_entropy_forward(logits, target, w, 0, 0.0, v, True, threads)
     up = torch.randn(n, generator=_gen("up-t", threads), device=DEVICE)
     grad = _poisoned_like(logits)
-    ext.xent_backward(logits, grad, target, w, up, lse, 0, 0.0, v, threads)
+    ext.cross_entropy_backward(logits, grad, target, w, up, lse, 0, 0.0, v, threads)
     loss64, res = _reference_check(logits, target, w, 0.0, [(grad, up.double())])
     _check_loss(loss, loss64, mask, f"threads={threads}")
     _check_grad(grad, mask, res[0], dtype, f"threads={threads}")
     with pytest.raises(RuntimeError, match="launch failed"):
-        ext.xent_forward(logits, target, w, 0, 0.0, v, True, 48)  # not a multiple of 32
+        ext.cross_entropy_forward(logits, target, w, 0, 0.0, v, True, 48)  # not a multiple of 32
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])

@@ -1,4 +1,4 @@
-// Launchers of the masked vocab-parallel cross-entropy kernels (masked_xent.cu). Torch-free: binding.cpp turns
+// Launchers of the masked vocab-parallel cross-entropy kernels (masked_cross_entropy.cu). Torch-free: binding.cpp turns
 // tensors into this struct. All pointers are device pointers; logits/grad rows are contiguous (stride 1 along the
 // vocabulary) with a row stride in elements. One CUDA block handles one row.
 #pragma once
@@ -7,11 +7,11 @@
 
 #include <cuda_runtime_api.h>
 
-namespace xent {
+namespace cross_entropy {
 
 enum DType : int { kBFloat16 = 0, kFloat16 = 1, kFloat32 = 2 };
 
-struct XentArgs {
+struct CrossEntropyArgs {
   const void* logits = nullptr;    // [n_rows, n_cols] of dtype, row stride logits_stride
   int64_t logits_stride = 0;
   void* grad = nullptr;            // [n_rows, n_cols] of dtype, row stride grad_stride (may equal logits: in place)
@@ -34,12 +34,12 @@ struct XentArgs {
 };
 
 // Forward: with stats set, writes per-shard statistics; with loss/lse set (TP = 1), writes the final loss and lse.
-cudaError_t launch_forward(const XentArgs& a, cudaStream_t stream);
+cudaError_t launch_forward(const CrossEntropyArgs& a, cudaStream_t stream);
 // Backward: grad = (softmax - one-hot) * grad_loss * weight, rounded once to dtype; zeros on masked rows.
-cudaError_t launch_backward(const XentArgs& a, cudaStream_t stream);
+cudaError_t launch_backward(const CrossEntropyArgs& a, cudaStream_t stream);
 // TP = 1 one-pass: loss, lse and grad = (softmax - one-hot) * scale * weight in one kernel.
-cudaError_t launch_forward_backward(const XentArgs& a, cudaStream_t stream);
+cudaError_t launch_forward_backward(const CrossEntropyArgs& a, cudaStream_t stream);
 // The heuristic block size for a row of n_cols elements of dtype.
 int default_threads(int64_t n_cols, int dtype);
 
-}  // namespace xent
+}  // namespace cross_entropy

@@ -1,4 +1,4 @@
-// Fused LM head + masked cross-entropy kernels (fused_linear_xent.cu). Torch-free C ABI, loaded with ctypes by
+// Fused LM head + masked cross-entropy kernels (fused_linear_cross_entropy.cu). Torch-free C ABI, loaded with ctypes by
 // megatron_tf/ops/flce_cuda.py (the thin binding: tensors -> device pointers + the current stream). Every launcher
 // is asynchronous on `stream` and never synchronises with the host, so a CUDA graph can capture all of them.
 //

@@ -1,7 +1,7 @@
 // Fused LM head + masked cross-entropy kernels: logits are computed tile by tile in registers/shared memory and never
-// written out whole; unmasked rows are read through a device-side compaction (order, count) and tiles past count
-// return before any load. Torch-free (CUDA headers only); the C ABI is declared in fused_linear_xent.h and loaded with
-// ctypes by megatron_tf/ops/flce_cuda.py.
+// written out whole; unmasked rows are read through a device-side compaction (order, count) and tiles past count return
+// before any load. Torch-free (CUDA headers only); the C ABI is declared in fused_linear_cross_entropy.h and loaded
+// with ctypes by megatron_tf/ops/flce_cuda.py.
 //
 // One tensor-core GEMM kernel (nvcuda::wmma, 16x16x16 bf16/fp16 fragments, fp32 accumulation) with a 128 x 64 output
 // tile per block of 8 warps (each warp 32 x 32), a K step of 32 and four epilogues:
@@ -14,7 +14,7 @@
 // base pointer and leading dimension allow it, with element loads at the tile edges.
 //
 // This is a first, simple version: single-buffered shared memory (no cp.async / TMA pipeline, no wgmma). Its
-// speed is measured by benchmarks/bench_fused_linear_xent.py on the GPU; no number is claimed here.
+// speed is measured by benchmarks/bench_fused_linear_cross_entropy.py on the GPU; no number is claimed here.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -25,7 +25,7 @@
 #include <cstdio>
 #include <type_traits>
 
-#include "fused_linear_xent.h"
+#include "fused_linear_cross_entropy.h"
 
 namespace flce {
 namespace {

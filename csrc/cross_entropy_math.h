@@ -1,5 +1,5 @@
-// Per-row math of the masked vocab-parallel cross-entropy, shared by the CUDA kernels (masked_xent.cu) and the
-// host-side tests (tests/csrc/xent_math_test.cpp, compiled with g++). No CUDA or torch headers here.
+// Per-row math of the masked vocab-parallel cross-entropy, shared by the CUDA kernels (masked_cross_entropy.cu) and the
+// host-side tests (tests/csrc/cross_entropy_math_test.cpp, compiled with g++). No CUDA or torch headers here.
 //
 // Notation for one row of the logits x_0..x_{V-1} (this rank's shard) and a target t:
 //   row statistic   (m, s) with s = sum_j exp(x_j - m)         (online softmax: m is a running maximum)
@@ -18,12 +18,12 @@
 #endif
 
 #if defined(__CUDACC__)
-#define XENT_HD __host__ __device__ __forceinline__
+#define CROSS_ENTROPY_HD __host__ __device__ __forceinline__
 #else
-#define XENT_HD inline
+#define CROSS_ENTROPY_HD inline
 #endif
 
-namespace xent {
+namespace cross_entropy {
 
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
@@ -32,7 +32,7 @@ constexpr float kLn2 = 0.6931471805599453f;
 constexpr float kMaxInit = -0.5f * FLT_MAX;
 
 // 2^x. Device: ex2.approx.ftz.f32 (max relative error 2^-22 per the PTX ISA); host: std::exp2.
-XENT_HD float exp2_approx(float x) {
+CROSS_ENTROPY_HD float exp2_approx(float x) {
 #if defined(__CUDA_ARCH__)
   float y;
   asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
@@ -43,7 +43,7 @@ XENT_HD float exp2_approx(float x) {
 }
 
 // log2(x). Device: lg2.approx.ftz.f32 (max absolute error 2^-22 for x in [0.5, 2], PTX ISA); host: std::log2.
-XENT_HD float log2_approx(float x) {
+CROSS_ENTROPY_HD float log2_approx(float x) {
 #if defined(__CUDA_ARCH__)
   float y;
   asm("lg2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
@@ -53,7 +53,7 @@ XENT_HD float log2_approx(float x) {
 #endif
 }
 
-XENT_HD float fmax_(float a, float b) {
+CROSS_ENTROPY_HD float fmax_(float a, float b) {
 #if defined(__CUDA_ARCH__)
   return fmaxf(a, b);
 #else
@@ -66,11 +66,11 @@ struct RowStat {
   float s;  // sum of exp(x - m)
 };
 
-XENT_HD RowStat stat_init() { return RowStat{kMaxInit, 0.0f}; }
+CROSS_ENTROPY_HD RowStat stat_init() { return RowStat{kMaxInit, 0.0f}; }
 
 // Add K values: one rescale of the running sum per group (K + 1 exponentials for K values).
 template <int K>
-XENT_HD void stat_add(RowStat& st, const float (&x)[K]) {
+CROSS_ENTROPY_HD void stat_add(RowStat& st, const float (&x)[K]) {
   float mx = x[0];
 #if defined(__CUDA_ARCH__)
 #pragma unroll
@@ -87,22 +87,22 @@ XENT_HD void stat_add(RowStat& st, const float (&x)[K]) {
   st.m = m_new;
 }
 
-XENT_HD void stat_add1(RowStat& st, float x) {
+CROSS_ENTROPY_HD void stat_add1(RowStat& st, float x) {
   const float v[1] = {x};
   stat_add<1>(st, v);
 }
 
 // Merge two partial statistics of disjoint parts of a row (associative and commutative up to rounding).
-XENT_HD RowStat stat_merge(RowStat a, RowStat b) {
+CROSS_ENTROPY_HD RowStat stat_merge(RowStat a, RowStat b) {
   const float m = fmax_(a.m, b.m);
   return RowStat{m, a.s * exp2_approx((a.m - m) * kLog2e) + b.s * exp2_approx((b.m - m) * kLog2e)};
 }
 
 // log-sum-exp of the values summarised by st.
-XENT_HD float stat_lse(RowStat st) { return st.m + log2_approx(st.s) * kLn2; }
+CROSS_ENTROPY_HD float stat_lse(RowStat st) { return st.m + log2_approx(st.s) * kLn2; }
 
 // Combine per-rank shard lse values into the global lse (what Python does after the all-gather).
-XENT_HD float combine_lse(const float* lse_r, int n) {
+CROSS_ENTROPY_HD float combine_lse(const float* lse_r, int n) {
   float m = kMaxInit;
   for (int r = 0; r < n; ++r) m = fmax_(m, lse_r[r]);
   float s = 0.0f;
@@ -111,12 +111,12 @@ XENT_HD float combine_lse(const float* lse_r, int n) {
 }
 
 // Per-token loss from the global lse, the target logit and (for label smoothing) the sum of all logits of the row.
-XENT_HD float token_loss(float lse, float x_target, float sum_x, float eps, float inv_vocab) {
+CROSS_ENTROPY_HD float token_loss(float lse, float x_target, float sum_x, float eps, float inv_vocab) {
   return lse - (1.0f - eps) * x_target - eps * sum_x * inv_vocab;
 }
 
 // Gradient of coef * loss with respect to one logit. lse_b = lse * log2e; eps_v = eps / V_full.
-XENT_HD float token_grad(float x, float lse_b, bool is_target, float eps, float eps_v, float coef) {
+CROSS_ENTROPY_HD float token_grad(float x, float lse_b, bool is_target, float eps, float eps_v, float coef) {
   const float p = exp2_approx(x * kLog2e - lse_b);
   return (p - (is_target ? 1.0f - eps : 0.0f) - eps_v) * coef;
 }
@@ -140,7 +140,7 @@ struct RowSplit {
   int64_t tail0;
 };
 
-XENT_HD RowSplit split_row(uint64_t addr, int64_t n, int elem_bytes) {
+CROSS_ENTROPY_HD RowSplit split_row(uint64_t addr, int64_t n, int elem_bytes) {
   const uint64_t mis = addr % kVecBytes;
   int64_t head = static_cast<int64_t>(((kVecBytes - mis) % kVecBytes) / static_cast<uint64_t>(elem_bytes));
   if (head > n) head = n;
@@ -152,8 +152,8 @@ XENT_HD RowSplit split_row(uint64_t addr, int64_t n, int elem_bytes) {
 // This thread's share (tid of nt threads) of the row statistics and, with kSmooth, of the sum of the logits.
 // The body is read kUnroll vectors at a time, all loads issued before the first use.
 template <int kV, int kUnroll, bool kSmooth, class Row>
-XENT_HD void thread_row_stats(const Row& row, const RowSplit& sp, int64_t n, int64_t tid, int64_t nt, RowStat& st,
-                              float& sum_x) {
+CROSS_ENTROPY_HD void thread_row_stats(const Row& row, const RowSplit& sp, int64_t n, int64_t tid, int64_t nt,
+                                       RowStat& st, float& sum_x) {
   for (int64_t j = tid; j < sp.head; j += nt) {
     const float x = row.scalar(j);
     stat_add1(st, x);
@@ -201,8 +201,8 @@ XENT_HD void thread_row_stats(const Row& row, const RowSplit& sp, int64_t n, int
 // outside [0, n)). sp must describe both the logits row and the output row (same misalignment); otherwise use
 // thread_row_grad_scalar. Each element is read, then written, by the same thread (safe in place).
 template <int kV, int kUnroll, class Row, class Out>
-XENT_HD void thread_row_grad(const Row& row, Out& out, const RowSplit& sp, int64_t n, int64_t t, float lse_b, float eps,
-                             float eps_v, float coef, int64_t tid, int64_t nt) {
+CROSS_ENTROPY_HD void thread_row_grad(const Row& row, Out& out, const RowSplit& sp, int64_t n, int64_t t,
+                                      float lse_b, float eps, float eps_v, float coef, int64_t tid, int64_t nt) {
   for (int64_t j = tid; j < sp.head; j += nt) out.store(j, token_grad(row.scalar(j), lse_b, j == t, eps, eps_v, coef));
   for (int64_t j = sp.tail0 + tid; j < n; j += nt)
     out.store(j, token_grad(row.scalar(j), lse_b, j == t, eps, eps_v, coef));
@@ -241,14 +241,14 @@ XENT_HD void thread_row_grad(const Row& row, Out& out, const RowSplit& sp, int64
 }
 
 template <class Row, class Out>
-XENT_HD void thread_row_grad_scalar(const Row& row, Out& out, int64_t n, int64_t t, float lse_b, float eps,
-                                    float eps_v, float coef, int64_t tid, int64_t nt) {
+CROSS_ENTROPY_HD void thread_row_grad_scalar(const Row& row, Out& out, int64_t n, int64_t t, float lse_b, float eps,
+                                             float eps_v, float coef, int64_t tid, int64_t nt) {
   for (int64_t j = tid; j < n; j += nt) out.store(j, token_grad(row.scalar(j), lse_b, j == t, eps, eps_v, coef));
 }
 
 // Zeros for a masked row, written without reading the logits. sp describes the output row.
 template <class Out>
-XENT_HD void thread_row_zero(Out& out, const RowSplit& sp, int64_t n, int64_t tid, int64_t nt) {
+CROSS_ENTROPY_HD void thread_row_zero(Out& out, const RowSplit& sp, int64_t n, int64_t tid, int64_t nt) {
   for (int64_t j = tid; j < sp.head; j += nt) out.store(j, 0.0f);
   for (int64_t j = sp.tail0 + tid; j < n; j += nt) out.store(j, 0.0f);
   for (int64_t i = tid; i < sp.nvec; i += nt) out.store_vec_zero(i);
@@ -256,7 +256,7 @@ XENT_HD void thread_row_zero(Out& out, const RowSplit& sp, int64_t n, int64_t ti
 
 // bfloat16 <-> float on the host (round to nearest even, NaN kept quiet). The kernels use the CUDA intrinsics
 // (__floats2bfloat162_rn), which round the same way; the host tests pin this rounding against torch's.
-XENT_HD uint16_t float_to_bf16_bits(float f) {
+CROSS_ENTROPY_HD uint16_t float_to_bf16_bits(float f) {
   uint32_t u;
   std::memcpy(&u, &f, sizeof(u));
   if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x0040u);  // NaN
@@ -265,11 +265,11 @@ XENT_HD uint16_t float_to_bf16_bits(float f) {
   return static_cast<uint16_t>(u >> 16);
 }
 
-XENT_HD float bf16_bits_to_float(uint16_t b) {
+CROSS_ENTROPY_HD float bf16_bits_to_float(uint16_t b) {
   const uint32_t u = static_cast<uint32_t>(b) << 16;
   float f;
   std::memcpy(&f, &u, sizeof(f));
   return f;
 }
 
-}  // namespace xent
+}  // namespace cross_entropy

@@ -1,5 +1,6 @@
-"""Host tests of csrc/xent_math.h: g++ compiles tests/csrc/xent_math_test.cpp, which runs the kernels' per-row math and
-per-thread loops (a CUDA block emulated on the CPU) and prints results; we compare them with float64 references."""
+"""Host tests of csrc/cross_entropy_math.h: g++ compiles tests/csrc/cross_entropy_math_test.cpp, which runs the kernels'
+per-row math and per-thread loops (a CUDA block emulated on the CPU) and prints results; we compare them with float64
+references."""
 
 from __future__ import annotations
 
@@ -18,9 +19,9 @@ pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="g++ not fou
 
 @pytest.fixture(scope="module")
 def driver(tmp_path_factory):
-    exe = tmp_path_factory.mktemp("xent_math") / "xent_math_test"
+    exe = tmp_path_factory.mktemp("cross_entropy_math") / "cross_entropy_math_test"
     subprocess.run(["g++", "-O2", "-std=c++17", "-Wall", "-Werror", f"-I{ROOT / 'csrc'}",
-                    str(ROOT / "tests" / "csrc" / "xent_math_test.cpp"), "-o", str(exe)], check=True)
+                    str(ROOT / "tests" / "csrc" / "cross_entropy_math_test.cpp"), "-o", str(exe)], check=True)
 
     def run(lines: list[str]) -> list[str]:
         out = subprocess.run([str(exe)], input="\n".join(lines) + "\n", capture_output=True, text=True, check=True)

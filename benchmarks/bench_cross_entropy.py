@@ -1,7 +1,7 @@
 """Benchmark the masked cross-entropy: forward + backward time and peak memory, fused kernels against baselines.
 
-    python benchmarks/bench_xent.py --out benchmarks/results/xent_<device>.json      # on a GPU
-    python benchmarks/bench_xent.py --dry-run                                         # CPU smoke run, tiny sizes
+    python benchmarks/bench_cross_entropy.py --out benchmarks/results/cross_entropy_<device>.json   # on a GPU
+    python benchmarks/bench_cross_entropy.py --dry-run                                 # CPU smoke run, tiny sizes
 
 Methods (bf16 logits [N, V], 30% masked rows where named, per-token upstream gradient = 1/count):
   f_ce_fp32      F.cross_entropy(logits.float(), reduction='none') * mask, autograd backward   (baseline a)
@@ -37,7 +37,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.bench_common import machine_info, spread, time_calls, write_json  # noqa: E402
-from megatron_tf.ops import xent  # noqa: E402
+from megatron_tf.ops import cross_entropy as fused_ce  # noqa: E402
 from megatron_tf.parallel.cross_entropy import cross_entropy_loss_and_grad, vocab_parallel_cross_entropy  # noqa: E402
 
 
@@ -117,9 +117,9 @@ def methods(logits, target, mask, device, have_fused, liger_fn):
         out["liger"] = (liger, None, True)
     if have_fused:
         xi = logits.clone().requires_grad_(True)
-        ext = xent.load_extension()
+        ext = fused_ce.load_extension()
         w = mask.float()
-        _, lse = ext.xent_forward(logits, target, w, 0, 0.0, logits.shape[1], True)
+        _, lse = ext.cross_entropy_forward(logits, target, w, 0, 0.0, logits.shape[1], True)
         gbuf = torch.empty_like(logits)
 
         def fused_2k():
@@ -136,10 +136,10 @@ def methods(logits, target, mask, device, have_fused, liger_fn):
             return cross_entropy_loss_and_grad(xi.detach(), target, mask, scale, impl="fused", inplace=True)[1]
 
         def fused_fwd():
-            return ext.xent_forward(logits, target, w, 0, 0.0, logits.shape[1], True)
+            return ext.cross_entropy_forward(logits, target, w, 0, 0.0, logits.shape[1], True)
 
         def fused_bwd():
-            ext.xent_backward(logits, gbuf, target, w, up, lse, 0, 0.0, logits.shape[1])
+            ext.cross_entropy_backward(logits, gbuf, target, w, up, lse, 0, 0.0, logits.shape[1])
             return gbuf
 
         out.update(fused_2k=(fused_2k, 6, False), fused_2k_inpl=(fused_2k_inpl, 6, True), fused_1k=(fused_1k, 6, False),
@@ -149,21 +149,22 @@ def methods(logits, target, mask, device, have_fused, liger_fn):
 
 
 def thread_sweep(logits, target, mask, device, threads_list):
-    ext = xent.load_extension()
+    ext = fused_ce.load_extension()
     w = mask.float()
     v = logits.shape[1]
     scale = (1.0 / mask.sum().clamp(min=1).float()).reshape(1)
     up = scale.expand(logits.shape[0]).contiguous()
-    _, lse = ext.xent_forward(logits, target, w, 0, 0.0, v, True)
+    _, lse = ext.cross_entropy_forward(logits, target, w, 0, 0.0, v, True)
     g = torch.empty_like(logits)
     rows = []
     for t in threads_list:
         rows.append({"threads": t,
-                     "fwd_ms": bench(lambda t=t: ext.xent_forward(logits, target, w, 0, 0.0, v, True, t), device),
-                     "bwd_ms": bench(lambda t=t: ext.xent_backward(logits, g, target, w, up, lse, 0, 0.0, v, t),
+                     "fwd_ms": bench(lambda t=t: ext.cross_entropy_forward(logits, target, w, 0, 0.0, v, True, t),
                                      device),
-                     "fwd_bwd_1k_ms": bench(lambda t=t: ext.xent_forward_backward(logits, g, target, w, scale, 0.0, t),
-                                            device)})
+                     "bwd_ms": bench(lambda t=t: ext.cross_entropy_backward(logits, g, target, w, up, lse, 0, 0.0, v,
+                                                                            t), device),
+                     "fwd_bwd_1k_ms": bench(lambda t=t: ext.cross_entropy_forward_backward(logits, g, target, w, scale,
+                                                                                           0.0, t), device)})
     return rows
 
 
@@ -180,9 +181,9 @@ def main(argv=None):
         device, dtype, args.n, args.vocab = torch.device("cpu"), torch.float32, 64, [1000]
     else:
         if not torch.cuda.is_available():
-            raise SystemExit("bench_xent: no CUDA device (use --dry-run on CPU)")
+            raise SystemExit("bench_cross_entropy: no CUDA device (use --dry-run on CPU)")
         device, dtype = torch.device("cuda"), torch.bfloat16
-    have_fused = device.type == "cuda" and xent.fused_available()
+    have_fused = device.type == "cuda" and fused_ce.fused_available()
     liger_fn = None
     if device.type == "cuda":
         try:
@@ -190,13 +191,14 @@ def main(argv=None):
 
             liger_fn = LigerCrossEntropyFunction.apply
         except Exception as e:  # noqa: BLE001 (any import-time failure of the optional baseline skips it)
-            print(f"bench_xent: Liger-Kernel not importable ({type(e).__name__}: {e}); skipping it", file=sys.stderr)
+            print(f"bench_cross_entropy: Liger-Kernel not importable ({type(e).__name__}: {e}); skipping it",
+                  file=sys.stderr)
     info = machine_info(device)
     bw = copy_bandwidth(device)
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    report = {"benchmark": "benchmarks/bench_xent.py", "machine": info, "copy_bandwidth_GBps": bw,
-              "fused_available": have_fused, "fused_error": None if have_fused else xent.extension_error(),
+    report = {"benchmark": "benchmarks/bench_cross_entropy.py", "machine": info, "copy_bandwidth_GBps": bw,
+              "fused_available": have_fused, "fused_error": None if have_fused else fused_ce.extension_error(),
               "liger": None, "dtype": str(dtype), "n_rows": args.n, "results": [], "threads_sweep": {},
               "notes": "liger and *_inpl methods overwrite the logits with gradients; later iterations run on "
                        "those values. peak_extra_MiB = peak allocation during one call above the inputs."}

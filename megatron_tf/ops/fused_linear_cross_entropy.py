@@ -149,7 +149,7 @@ def reference_shard_grads(hc: torch.Tensor, weight: torch.Tensor, target_c: torc
     return grad_hc, grad_w
 
 
-class ReferenceFusedLinearXent(torch.autograd.Function):
+class ReferenceFusedLinearCrossEntropy(torch.autograd.Function):
     """The exact PyTorch path. forward(hidden2d, weight, target1d, weights1d, group, eps, vocab_start, vocab_full)
     -> per-token loss [N]."""
 
@@ -242,11 +242,11 @@ def fused_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targe
     v_local = weight.shape[0]
     args = (tp_group, float(label_smoothing), rank * v_local, v_local * tp)
     if select_impl(impl, hidden2d) == "cuda":
-        from megatron_tf.ops.flce_cuda import CudaFusedLinearXent
+        from megatron_tf.ops.flce_cuda import CudaFusedLinearCrossEntropy
 
-        loss = CudaFusedLinearXent.apply(hidden2d, weight, target1d, weights.float(), *args)
+        loss = CudaFusedLinearCrossEntropy.apply(hidden2d, weight, target1d, weights.float(), *args)
     else:
-        loss = ReferenceFusedLinearXent.apply(hidden2d, weight, target1d, weights, *args)
+        loss = ReferenceFusedLinearCrossEntropy.apply(hidden2d, weight, target1d, weights, *args)
     return loss.view(shape)
 
 

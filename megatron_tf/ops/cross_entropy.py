@@ -3,13 +3,13 @@
 - `load_extension()` imports `megatron_tf._C` (built by `pip install --no-build-isolation -e .` on a CUDA machine);
   with MEGATRON_TF_JIT_EXT=1 it JIT-builds csrc/ with torch.utils.cpp_extension.load instead (development).
 - `select_impl(impl, device)` resolves "auto" | "torch" | "fused" and logs the choice once per distinct choice.
-- `FusedXentFunction` is the autograd Function over the kernels: forward = one kernel (TP = 1: loss and lse
+- `FusedCrossEntropyFunction` is the autograd Function over the kernels: forward = one kernel (TP = 1: loss and lse
   directly; TP > 1: per-shard stats, one all-gather, local combine); backward = one kernel writing the gradient,
   computed in fp32 and rounded once to the logits dtype, optionally in place into the logits buffer.
 - `fused_loss_and_grad` returns loss and gradient for a known upstream gradient (the mean scale as a device tensor):
   with TP = 1 a single kernel reads each row, then writes its gradient.
 
-Nothing here synchronises with the host. Kernel contract: see csrc/masked_xent.h.
+Nothing here synchronises with the host. Kernel contract: see csrc/masked_cross_entropy.h.
 """
 
 from __future__ import annotations
@@ -41,6 +41,9 @@ def load_extension() -> ModuleType | None:
     try:
         from megatron_tf import _C  # type: ignore[attr-defined]
 
+        if not hasattr(_C, "cross_entropy_forward"):  # built before the xent_* -> cross_entropy_* rename
+            raise ImportError(f"{getattr(_C, '__file__', 'megatron_tf._C')} was built from older sources (no "
+                              "cross_entropy_forward); rebuild it with `pip install --no-build-isolation -e .`")
         _ext = _C
     except (ImportError, OSError) as e:
         _ext_error = f"megatron_tf._C is not importable ({type(e).__name__}: {e})"
@@ -57,7 +60,7 @@ def _jit_build() -> ModuleType:
     from torch.utils.cpp_extension import load
 
     return load(name="megatron_tf_C_jit", sources=[os.path.join(_CSRC, "binding.cpp"),
-                                                   os.path.join(_CSRC, "masked_xent.cu")],
+                                                   os.path.join(_CSRC, "masked_cross_entropy.cu")],
                 extra_include_paths=[_CSRC], extra_cflags=["-O3"], extra_cuda_cflags=["-O3", "-lineinfo"],
                 verbose=False)
 
@@ -103,7 +106,7 @@ def select_impl(impl: str, device: torch.device, dtype: torch.dtype | None = Non
     if key not in _logged:
         _logged.add(key)
         name = "fused CUDA kernel (megatron_tf._C)" if chosen == "fused" else "PyTorch reference"
-        get_logger("megatron_tf.ops.xent").info("cross-entropy impl=%s -> %s (%s)", impl, name, why)
+        get_logger("megatron_tf.ops.cross_entropy").info("cross-entropy impl=%s -> %s (%s)", impl, name, why)
     return chosen
 
 
@@ -118,9 +121,9 @@ def fused_forward(logits2d, target, weights, group, eps: float, vocab_start: int
     """(loss, lse), both fp32 [N]. TP = 1: one kernel; TP > 1: stats kernel + one all-gather + local combine."""
     ext = _require_ext()
     if tp == 1:
-        loss, lse = ext.xent_forward(logits2d, target, weights, vocab_start, eps, vocab_full, True)
+        loss, lse = ext.cross_entropy_forward(logits2d, target, weights, vocab_start, eps, vocab_full, True)
         return loss, lse
-    (stats,) = ext.xent_forward(logits2d, target, weights, vocab_start, eps, vocab_full, False)
+    (stats,) = ext.cross_entropy_forward(logits2d, target, weights, vocab_start, eps, vocab_full, False)
     return combine_row_stats(gather_row_stats(stats, group), weights, eps, vocab_full)
 
 
@@ -131,11 +134,11 @@ def fused_backward(logits2d, target, weights, grad_loss, lse, eps: float, vocab_
     if out is None:
         out = logits2d if inplace else torch.empty_like(logits2d)
     grad_loss = grad_loss.to(torch.float32).reshape(-1).contiguous()
-    ext.xent_backward(logits2d, out, target, weights, grad_loss, lse, vocab_start, eps, vocab_full)
+    ext.cross_entropy_backward(logits2d, out, target, weights, grad_loss, lse, vocab_start, eps, vocab_full)
     return out
 
 
-class FusedXentFunction(torch.autograd.Function):
+class FusedCrossEntropyFunction(torch.autograd.Function):
     """Autograd over the fused kernels. Inputs are prepared by megatron_tf.parallel.cross_entropy (2-D logits with
     stride 1 along the vocabulary, int64 targets, fp32 weights); `weights` gets no gradient."""
 
@@ -164,7 +167,7 @@ def fused_loss_and_grad(logits2d, target, weights, scale, group, eps: float, voc
         out = logits2d if inplace else torch.empty_like(logits2d)
     scale = scale.to(device=logits2d.device, dtype=torch.float32).reshape(1)
     if tp == 1:
-        loss, _ = ext.xent_forward_backward(logits2d, out, target, weights, scale, eps)
+        loss, _ = ext.cross_entropy_forward_backward(logits2d, out, target, weights, scale, eps)
         return loss, out
     loss, lse = fused_forward(logits2d, target, weights, group, eps, vocab_start, vocab_full, tp)
     fused_backward(logits2d, target, weights, scale.expand(logits2d.shape[0]), lse, eps, vocab_start, vocab_full,

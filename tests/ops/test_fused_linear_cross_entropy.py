@@ -1,4 +1,4 @@
-"""The fused LM-head + masked cross-entropy reference path (megatron_tf/ops/fused_linear_xent.py) against an
+"""The fused LM-head + masked cross-entropy reference path (megatron_tf/ops/fused_linear_cross_entropy.py) against an
 independent float64 computation (materialised logits, F.cross_entropy, autograd), on CPU with tiny sizes."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from megatron_tf.ops import fused_linear_xent as flx
+from megatron_tf.ops import fused_linear_cross_entropy as flx
 from megatron_tf.ops.row_stats import combine_row_stats
 from megatron_tf.parallel.cross_entropy import vocab_parallel_cross_entropy
 from tests.dist_utils import init_gloo, run_distributed

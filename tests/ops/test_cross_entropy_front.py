@@ -1,17 +1,18 @@
-"""The Python front of the fused cross-entropy (megatron_tf/ops/xent.py) on CPU: implementation choice and its log,
-clear errors, and the autograd/TP plumbing around the kernels, driven here by a stand-in extension that follows the
-binding's contract (csrc/binding.cpp) with the PyTorch reference math. The kernels themselves are checked on a GPU
-by tests/ops/test_xent_cuda.py."""
+"""The Python front of the fused cross-entropy (megatron_tf/ops/cross_entropy.py) on CPU: implementation choice and its
+log, clear errors, and the autograd/TP plumbing around the kernels, driven here by a stand-in extension that follows the
+binding's contract (csrc/binding.cpp) with the PyTorch reference math. The kernels themselves are checked on a GPU by
+tests/ops/test_cross_entropy_cuda.py."""
 
 from __future__ import annotations
 
 import logging
+import sys
 import types
 
 import pytest
 import torch
 
-from megatron_tf.ops import xent
+from megatron_tf.ops import cross_entropy as fused_ce
 from megatron_tf.parallel import cross_entropy as ce
 
 
@@ -26,9 +27,9 @@ class _Capture(logging.Handler):
 
 @pytest.fixture
 def log_capture(monkeypatch):
-    monkeypatch.setattr(xent, "_logged", set())
+    monkeypatch.setattr(fused_ce, "_logged", set())
     handler = _Capture()
-    logger = logging.getLogger("megatron_tf.ops.xent")
+    logger = logging.getLogger("megatron_tf.ops.cross_entropy")
     logger.addHandler(handler)
     old = logger.level
     logger.setLevel(logging.INFO)
@@ -53,20 +54,34 @@ def test_fused_on_cpu_is_a_clear_error():
         ce.vocab_parallel_cross_entropy(x, torch.zeros(4, dtype=torch.long), None, impl="fused")
 
 
-@pytest.mark.skipif(xent.fused_available(), reason="the extension is built here")
+def test_extension_built_before_the_rename_is_unavailable_not_a_crash(monkeypatch):
+    """A megatron_tf._C built from older sources exports xent_forward, not cross_entropy_forward: it counts as not
+    importable (auto falls back to the reference) and the error says to rebuild."""
+    stale = types.SimpleNamespace(__file__="/x/megatron_tf/_C.so", xent_forward=None, xent_backward=None)
+    monkeypatch.setitem(sys.modules, "megatron_tf._C", stale)
+    monkeypatch.delenv("MEGATRON_TF_JIT_EXT", raising=False)
+    for name, value in (("_ext", None), ("_ext_error", None), ("_ext_tried", False)):
+        monkeypatch.setattr(fused_ce, name, value)
+    assert fused_ce.load_extension() is None
+    err = fused_ce.extension_error()
+    assert "/x/megatron_tf/_C.so was built from older sources (no cross_entropy_forward)" in err
+    assert "pip install --no-build-isolation -e ." in err
+
+
+@pytest.mark.skipif(fused_ce.fused_available(), reason="the extension is built here")
 def test_fused_without_extension_is_a_clear_error_and_auto_falls_back(log_capture):
     with pytest.raises(RuntimeError, match=r"megatron_tf\._C is not importable.*pip install --no-build-isolation"):
-        xent.select_impl("fused", torch.device("cuda"), torch.bfloat16)
-    assert xent.select_impl("auto", torch.device("cuda"), torch.bfloat16) == "torch"
+        fused_ce.select_impl("fused", torch.device("cuda"), torch.bfloat16)
+    assert fused_ce.select_impl("auto", torch.device("cuda"), torch.bfloat16) == "torch"
     assert "PyTorch reference (megatron_tf._C is not importable" in log_capture[-1]
 
 
 def test_auto_picks_fused_on_cuda_when_importable(monkeypatch, log_capture):
-    monkeypatch.setattr(xent, "fused_available", lambda: True)
-    assert xent.select_impl("auto", torch.device("cuda", 0), torch.bfloat16) == "fused"
+    monkeypatch.setattr(fused_ce, "fused_available", lambda: True)
+    assert fused_ce.select_impl("auto", torch.device("cuda", 0), torch.bfloat16) == "fused"
     assert "fused CUDA kernel (megatron_tf._C)" in log_capture[-1]
-    assert xent.select_impl("auto", torch.device("cuda", 0), torch.float64) == "torch"  # dtype without a kernel
-    assert xent.select_impl("torch", torch.device("cuda", 0), torch.bfloat16) == "torch"
+    assert fused_ce.select_impl("auto", torch.device("cuda", 0), torch.float64) == "torch"  # dtype without a kernel
+    assert fused_ce.select_impl("torch", torch.device("cuda", 0), torch.bfloat16) == "torch"
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -83,7 +98,7 @@ def _fwd(logits, target, weights, vocab_start, eps, vocab_full, finalize, thread
     stats = ce.torch_shard_stats(logits, target, vocab_start, eps)
     if not finalize:
         return [stats]
-    loss, lse = xent.combine_row_stats(stats.unsqueeze(0), weights, eps, vocab_full)
+    loss, lse = fused_ce.combine_row_stats(stats.unsqueeze(0), weights, eps, vocab_full)
     return [loss, lse]
 
 
@@ -103,9 +118,10 @@ def _fwd_bwd(logits, grad, target, weights, scale, eps, threads=0):
 
 @pytest.fixture
 def standin(monkeypatch):
-    mod = types.SimpleNamespace(xent_forward=_fwd, xent_backward=_bwd, xent_forward_backward=_fwd_bwd)
-    monkeypatch.setattr(xent, "_ext", mod)
-    monkeypatch.setattr(xent, "_ext_tried", True)
+    mod = types.SimpleNamespace(cross_entropy_forward=_fwd, cross_entropy_backward=_bwd,
+                                cross_entropy_forward_backward=_fwd_bwd)
+    monkeypatch.setattr(fused_ce, "_ext", mod)
+    monkeypatch.setattr(fused_ce, "_ext_tried", True)
     return mod
 
 
@@ -122,7 +138,7 @@ def test_fused_function_plumbing_matches_reference(standin, eps, inplace):
     (g_ref,) = torch.autograd.grad(ref, x_ref, up)
     l2d, t1, w1, shape = ce._prepare(logits.clone(), target, mask, eps)
     leaf = l2d.clone().requires_grad_(True)
-    loss = xent.FusedXentFunction.apply(leaf, t1, w1, None, eps, 0, 21, 1, inplace)
+    loss = fused_ce.FusedCrossEntropyFunction.apply(leaf, t1, w1, None, eps, 0, 21, 1, inplace)
     (grad,) = torch.autograd.grad(loss.view(shape), leaf, up.expand(3, 4))  # expanded upstream: made contiguous
     torch.testing.assert_close(loss.view(shape), ref, rtol=0, atol=0)
     torch.testing.assert_close(grad.view_as(g_ref), g_ref, rtol=1e-6, atol=1e-8)
@@ -132,7 +148,7 @@ def test_fused_function_plumbing_matches_reference(standin, eps, inplace):
 @pytest.mark.parametrize("inplace", [False, True])
 def test_fused_loss_and_grad_tp1_uses_the_one_pass_kernel(standin, monkeypatch, inplace):
     calls = []
-    monkeypatch.setattr(standin, "xent_forward_backward",
+    monkeypatch.setattr(standin, "cross_entropy_forward_backward",
                         lambda *a, **k: calls.append("fwd_bwd") or _fwd_bwd(*a, **k))
     g = torch.Generator().manual_seed(1)
     logits = torch.randn(9, 13, generator=g)
@@ -142,7 +158,7 @@ def test_fused_loss_and_grad_tp1_uses_the_one_pass_kernel(standin, monkeypatch, 
     loss_ref, grad_ref = ce.cross_entropy_loss_and_grad(logits, target, mask, scale, impl="torch")
     buf = logits.clone()
     l2d, t1, w1, _ = ce._prepare(buf, target, mask, 0.0)
-    loss, grad = xent.fused_loss_and_grad(l2d, t1, w1, scale, None, 0.0, 0, 13, 1, inplace=inplace)
+    loss, grad = fused_ce.fused_loss_and_grad(l2d, t1, w1, scale, None, 0.0, 0, 13, 1, inplace=inplace)
     assert calls == ["fwd_bwd"]
     torch.testing.assert_close(loss, loss_ref, rtol=0, atol=0)
     torch.testing.assert_close(grad, grad_ref, rtol=1e-6, atol=1e-9)

@@ -1,13 +1,14 @@
 """Benchmark the fused LM head + masked cross-entropy: forward + backward time (median, p20, p80) and extra memory.
 
-    python benchmarks/bench_fused_linear_xent.py --out $OUT/fused_linear_xent.json     # on a GPU (bf16)
-    python benchmarks/bench_fused_linear_xent.py --dry-run                             # CPU, tiny sizes, seconds
+    python benchmarks/bench_fused_linear_cross_entropy.py --out $OUT/fused_linear_cross_entropy.json  # GPU (bf16)
+    python benchmarks/bench_fused_linear_cross_entropy.py --dry-run                   # CPU, tiny sizes, seconds
 
 Problem (the issue's): hidden [N, H] = [16384, 2048], weight [V, H] = [128256, 2048], bf16; loss = sum of the
 masked per-token losses / count (count = unmasked rows), gradients for hidden and weight; unmasked and 30% of the
 rows masked. Methods:
   materialised   logits = hidden @ W.T (bf16), F.cross_entropy(logits.float(), reduction='none') * mask, autograd
-  ours_cuda      fused_linear_cross_entropy(impl="cuda"): csrc/fused_linear_xent.cu (masked rows skipped on device)
+  ours_cuda      fused_linear_cross_entropy(impl="cuda"): csrc/fused_linear_cross_entropy.cu (masked rows skipped on
+                 device)
   ours_cuda_1buf the same with the single-buffered GEMM main loop (flce_cuda.set_pipeline(False))
   ours_torch     fused_linear_cross_entropy(impl="torch"): the exact reference (fp32 matmuls; slow, one rep)
   cce            Cut Cross-Entropy (cut_cross_entropy.linear_cross_entropy, reduction='sum', ignore_index on
@@ -35,7 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.bench_common import machine_info, time_spread, write_json  # noqa: E402
 from megatron_tf.ops import flce_cuda  # noqa: E402
-from megatron_tf.ops.fused_linear_xent import fused_linear_cross_entropy  # noqa: E402
+from megatron_tf.ops.fused_linear_cross_entropy import fused_linear_cross_entropy  # noqa: E402
 
 GOALS_MS = {0.0: 40.0, 0.3: 30.0}
 GOAL_MIB = 256.0
@@ -201,9 +202,9 @@ def main(argv=None) -> int:
         device, dtype, a.n, a.hidden, a.vocab, a.reps = torch.device("cpu"), torch.float32, 64, 32, 1000, 2
     else:
         if not torch.cuda.is_available():
-            raise SystemExit("bench_fused_linear_xent: no CUDA device (use --dry-run on CPU)")
+            raise SystemExit("bench_fused_linear_cross_entropy: no CUDA device (use --dry-run on CPU)")
         device, dtype = torch.device("cuda"), torch.bfloat16
-    report = {"benchmark": "benchmarks/bench_fused_linear_xent.py", "machine": machine_info(device),
+    report = {"benchmark": "benchmarks/bench_fused_linear_cross_entropy.py", "machine": machine_info(device),
               "dtype": str(dtype), "args": vars(a), "baselines": {},
               "kernel_library": None if device.type != "cuda" else (flce_cuda.library_error() or "loaded"),
               "vocab_chunk": flce_cuda.vocab_chunk(), "results": []}

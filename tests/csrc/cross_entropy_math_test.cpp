@@ -1,7 +1,7 @@
-// Host driver for csrc/xent_math.h (compiled with g++ by tests/csrc/test_xent_math.py). Reads commands from stdin,
-// prints results; the Python test compares them with float64 references. Emulates a CUDA block on the host: every
-// thread id runs the kernels' per-thread loops over the same row, thread statistics are merged, and each output
-// element's write count is recorded (the kernels must write every element exactly once).
+// Host driver for csrc/cross_entropy_math.h (compiled with g++ by tests/csrc/test_cross_entropy_math.py). Reads
+// commands from stdin, prints results; the Python test compares them with float64 references. Emulates a CUDA block on
+// the host: every thread id runs the kernels' per-thread loops over the same row, thread statistics are merged, and
+// each output element's write count is recorded (the kernels must write every element exactly once).
 //
 // Commands (one per line):
 //   block <kV> <n> <misalign_bytes> <threads> <target> <eps> <coef>  followed by n floats
@@ -19,9 +19,9 @@
 #include <string>
 #include <vector>
 
-#include "xent_math.h"
+#include "cross_entropy_math.h"
 
-using namespace xent;
+using namespace cross_entropy;
 
 template <int kV>
 struct HostRow {

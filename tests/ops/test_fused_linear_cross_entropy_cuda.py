@@ -1,6 +1,6 @@
-"""GPU checks of the fused LM-head cross-entropy kernels (csrc/fused_linear_xent.cu via megatron_tf/ops/flce_cuda.py)
-against float64 (skipped without a CUDA device or when the kernel library does not build/load; run by
-benchmarks/gpu/run_all.sh with `pytest tests/ops -k cuda`).
+"""GPU checks of the fused LM-head cross-entropy kernels (csrc/fused_linear_cross_entropy.cu via
+megatron_tf/ops/flce_cuda.py) against float64 (skipped without a CUDA device or when the kernel library does not
+build/load; run by benchmarks/gpu/run_all.sh with `pytest tests/ops -k cuda`).
 
 Masked rows carry NaN/inf hidden states, so they must never be read. Metrics: loss relative error over unmasked
 rows (< 1e-5: bf16 inputs are exact in fp32 and accumulate in fp32), gradients as ||out - ref|| / ||ref|| (< 4e-3:
@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from megatron_tf.ops import flce_cuda
-from megatron_tf.ops import fused_linear_xent as flx
+from megatron_tf.ops import fused_linear_cross_entropy as flx
 from megatron_tf.ops.row_stats import combine_row_stats
 
 DEVICE = "cuda"
