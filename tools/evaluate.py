@@ -28,14 +28,16 @@ import json
 import os
 import re
 import sys
+from dataclasses import dataclass, field
+from typing import NamedTuple
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
 from megatron_tf.checkpoint import CheckpointError, load_model  # noqa: E402
-from megatron_tf.config.cli import add_dataclass_args, dataclass_from_args  # noqa: E402
-from megatron_tf.evaluation.lm_eval_bridge import add_lm_eval_args, fold_lm_eval  # noqa: E402
+from megatron_tf.config.cli import add_dataclass_args, dataclass_from_args, opt  # noqa: E402
+from megatron_tf.evaluation.lm_eval_bridge import LMEvalConfig, fold_lm_eval  # noqa: E402
 from megatron_tf.evaluation.runner import (  # noqa: E402
     EvaluationConfig,
     csv_text,
@@ -44,34 +46,49 @@ from megatron_tf.evaluation.runner import (  # noqa: E402
     run_metadata_from_configs,
     write_results,
 )
-from megatron_tf.tokenizer.tokenizer import TOKENIZER_TYPES, build_tokenizer  # noqa: E402
+from megatron_tf.tokenizer.config import TokenizerOverride  # noqa: E402
+from megatron_tf.utils.device import resolve_device  # noqa: E402
 from megatron_tf.utils.io import atomic_write  # noqa: E402
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--load", required=True, nargs="+", help="checkpoint directories (as written by --save)")
-    p.add_argument("--output-dir", required=True, help="where <run>.json / <run>.csv / summary.csv go")
-    p.add_argument("--run-name", default=None, help="name of the run (one --load only; default: the directory name)")
-    p.add_argument("--arm", default=None, help="arm label (default: the checkpoint's --token-filter)")
-    p.add_argument("--size", default=None, help="size label for the scaling report (default: from the parameters)")
-    p.add_argument("--tokens-seen", type=float, default=None, help="override the checkpoint's tokens seen")
-    p.add_argument("--tokens-learned", type=float, default=None, help="override the checkpoint's tokens learned")
-    p.add_argument("--seq-length", type=int, default=None,
-                   help="window length (default: the checkpoint's --seq-length, else max_position_embeddings)")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--tokenizer-type", default=None, choices=TOKENIZER_TYPES,
-                   help="rebuild the tokenizer from these flags instead of the checkpoint's")
-    p.add_argument("--tokenizer-model", default=None)
-    p.add_argument("--vocab-size", type=int, default=None, help="NullTokenizer only")
-    p.add_argument("--overwrite", action="store_true", help="re-evaluate checkpoints that have a result")
-    p.add_argument("--save-predictions", action="store_true", help="keep per-question log-likelihoods in the JSON")
-    p.add_argument("--no-progress", action="store_true")
-    add_dataclass_args(p, EvaluationConfig)
-    add_lm_eval_args(p)
-    args = p.parse_args(argv)
-    if args.run_name and len(args.load) > 1:
+@dataclass
+class EvaluateToolConfig:
+    """Which checkpoints to evaluate, where the results go, and what to say about each run."""
+
+    load: list[str] = field(metadata=opt("Checkpoint directories (as written by --save)."))
+    output_dir: str = field(metadata=opt("Where <run>.json / <run>.csv / summary.csv go."))
+    run_name: str | None = field(default=None, metadata=opt(
+        "Name of the run (one --load only; default: the directory name)."))
+    arm: str | None = field(default=None, metadata=opt("Arm label (default: the checkpoint's --token-filter)."))
+    size: str | None = field(default=None, metadata=opt(
+        "Size label for the scaling report (default: from the parameters)."))
+    tokens_seen: float | None = field(default=None, metadata=opt("Override the checkpoint's tokens seen."))
+    tokens_learned: float | None = field(default=None, metadata=opt("Override the checkpoint's tokens learned."))
+    seq_length: int | None = field(default=None, metadata=opt(
+        "Window length (default: the checkpoint's --seq-length, else max_position_embeddings)."))
+    device: str = field(default="auto", metadata=opt("Device.", choices=("auto", "cpu", "cuda")))
+    overwrite: bool = field(default=False, metadata=opt("Re-evaluate checkpoints that have a result."))
+    save_predictions: bool = field(default=False, metadata=opt("Keep per-question log-likelihoods in the JSON."))
+    progress: bool = field(default=True, metadata=opt("Show progress bars."))
+
+
+class ToolArgs(NamedTuple):
+    tool: EvaluateToolConfig
+    tokenizer: TokenizerOverride
+    evaluation: EvaluationConfig
+    lm_eval: LMEvalConfig
+
+
+def parse_args(argv=None) -> ToolArgs:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sections = {"tool": EvaluateToolConfig, "tokenizer": TokenizerOverride, "evaluation": EvaluationConfig,
+                "lm_eval": LMEvalConfig}
+    titles = {"tool": "checkpoints and outputs", "tokenizer": "tokenizer", "lm_eval": "lm-evaluation-harness"}
+    for name, cls in sections.items():
+        add_dataclass_args(p, cls, titles.get(name))
+    ns = p.parse_args(argv)
+    args = ToolArgs(**{name: dataclass_from_args(cls, ns) for name, cls in sections.items()})
+    if args.tool.run_name and len(args.tool.load) > 1:
         p.error("--run-name needs a single --load")
     return args
 
@@ -95,28 +112,28 @@ def default_run_name(path: str) -> str:
     return os.path.basename(os.path.dirname(p)) if re.fullmatch(r"iter_\d+", base) else base
 
 
-def evaluate_checkpoint(path: str, args, cfg: EvaluationConfig, name: str) -> dict:
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+def evaluate_checkpoint(path: str, args: ToolArgs, name: str) -> dict:
+    t, cfg = args.tool, args.evaluation
+    device = torch.device(resolve_device(t.device))
     model, configs, tokenizer, state = load_checkpoint(path, device)
-    if args.tokenizer_type:
-        tokenizer = build_tokenizer(args.tokenizer_type, args.tokenizer_model, args.vocab_size)
+    if args.tokenizer.tokenizer_type:
+        tokenizer = args.tokenizer.build()
     if tokenizer is None:
         raise SystemExit(f"tools/evaluate.py: {path}: the checkpoint's tokenizer cannot be rebuilt (moved?); pass "
                          "--tokenizer-type and --tokenizer-model")
     meta = run_metadata_from_configs({"state": state, "configs": configs})
-    seq_length = args.seq_length or meta.get("seq_length") or getattr(model.config, "max_position_embeddings", None)
+    seq_length = t.seq_length or meta.get("seq_length") or getattr(model.config, "max_position_embeddings", None)
     if not seq_length:
         raise SystemExit(f"tools/evaluate.py: {path}: no seq_length in the checkpoint's configs; pass --seq-length")
     if cfg.forget_threshold is None and meta.get("forget_threshold") is not None:
         cfg = dataclasses.replace(cfg, forget_threshold=float(meta["forget_threshold"]))
-    run = {"name": name, "arm": args.arm or meta.get("arm"), "size": args.size, "checkpoint": os.path.abspath(path),
+    run = {"name": name, "arm": t.arm or meta.get("arm"), "size": t.size, "checkpoint": os.path.abspath(path),
            "iteration": meta.get("iteration"), "train_tokens_count": meta.get("train_tokens_count", "learned"),
-           "tokens_seen": args.tokens_seen if args.tokens_seen is not None else meta.get("tokens_seen"),
-           "tokens_learned": args.tokens_learned if args.tokens_learned is not None else meta.get("tokens_learned")}
+           "tokens_seen": t.tokens_seen if t.tokens_seen is not None else meta.get("tokens_seen"),
+           "tokens_learned": t.tokens_learned if t.tokens_learned is not None else meta.get("tokens_learned")}
     result = evaluate_model(model, tokenizer, cfg, seq_length=int(seq_length), run=run,
-                            progress=not args.no_progress, predictions=args.save_predictions, train_configs=configs)
-    return fold_lm_eval(result, model, tokenizer, args, int(seq_length), args.output_dir, name)
+                            progress=t.progress, predictions=t.save_predictions, train_configs=configs)
+    return fold_lm_eval(result, model, tokenizer, args.lm_eval, int(seq_length), t.output_dir, name)
 
 
 def main(argv=None) -> int:
@@ -128,22 +145,22 @@ def main(argv=None) -> int:
         return 2
 
 
-def _run(args) -> int:
-    cfg = dataclass_from_args(EvaluationConfig, args)
+def _run(args: ToolArgs) -> int:
+    t = args.tool
     rows = []
-    for path in args.load:
-        name = args.run_name or default_run_name(path)
-        out_json = os.path.join(args.output_dir, f"{name}.json")
-        if os.path.isfile(out_json) and not args.overwrite:
+    for path in t.load:
+        name = t.run_name or default_run_name(path)
+        out_json = os.path.join(t.output_dir, f"{name}.json")
+        if os.path.isfile(out_json) and not t.overwrite:
             with open(out_json, encoding="utf-8") as f:
                 result = json.load(f)
             print(f"(exists, skipped) {result.get('summary', name)}")
         else:
-            result = evaluate_checkpoint(path, args, cfg, name)
-            write_results(result, args.output_dir, name)
+            result = evaluate_checkpoint(path, args, name)
+            write_results(result, t.output_dir, name)
             print(result["summary"])
         rows.extend(result_rows(result))
-    with atomic_write(os.path.join(args.output_dir, "summary.csv"), "w") as f:
+    with atomic_write(os.path.join(t.output_dir, "summary.csv"), "w") as f:
         f.write(csv_text(rows))
     return 0
 

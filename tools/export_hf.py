@@ -23,49 +23,59 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from dataclasses import dataclass, field
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
+from megatron_tf.config.cli import add_dataclass_args, dataclass_from_args, opt  # noqa: E402
 from megatron_tf.model.hf_export import export_llama, load_model_config, merge_state_dict_files  # noqa: E402
-from megatron_tf.tokenizer.tokenizer import TOKENIZER_TYPES, TokenizerError, build_tokenizer  # noqa: E402
+from megatron_tf.tokenizer.config import TokenizerOverride  # noqa: E402
+from megatron_tf.tokenizer.tokenizer import TokenizerError, build_tokenizer  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+@dataclass
+class ExportConfig:
+    """What to export (a checkpoint, or a model config and per-rank state dicts) and how."""
+
+    output: str = field(metadata=opt("Output directory."))
+    load: str | None = field(default=None, metadata=opt(
+        "Trainer checkpoint directory (instead of --model-config/--state-dict)."))
+    ckpt_step: int | None = field(default=None, metadata=opt("With --load: this iteration instead of latest."))
+    model_config: str | None = field(default=None, metadata=opt("ModelConfig JSON."))
+    state_dict: list[str] | None = field(default=None, metadata=opt("Per-rank state dict files (stage-major)."))
+    tensor_model_parallel_size: int = field(default=1, metadata=opt("TP size of the --state-dict files."))
+    pipeline_model_parallel_size: int = field(default=1, metadata=opt("PP size of the --state-dict files."))
+    dtype: str = field(default="float32", metadata=opt("Weights' dtype in the export.", choices=sorted(DTYPES)))
+    keep_padded_vocab: bool = field(default=False, metadata=opt(
+        "Keep the padding rows of the vocabulary (default: slice to the true vocab_size)."))
+    max_position_embeddings: int | None = field(default=None, metadata=opt(
+        "Default: the model config's max_position_embeddings."))
+    bos_token_id: int | None = field(default=None, metadata=opt("BOS id in the HF config."))
+    eos_token_id: int | None = field(default=None, metadata=opt("EOS id in the HF config (e.g. the tokenizer's eod)."))
+    pad_token_id: int | None = field(default=None, metadata=opt("PAD id in the HF config."))
+    write_tokenizer: bool = field(default=True, metadata=opt(
+        "Write the tokenizer files (--no-tokenizer: the weights only, not self-contained).", flag="--tokenizer"))
+    overwrite: bool = field(default=False, metadata=opt("Replace an earlier export in --output."))
+
+
+def parse_args(argv=None) -> tuple[ExportConfig, TokenizerOverride]:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--load", help="trainer checkpoint directory (instead of --model-config/--state-dict)")
-    p.add_argument("--ckpt-step", type=int, default=None, help="with --load: this iteration instead of latest")
-    p.add_argument("--model-config", help="ModelConfig JSON")
-    p.add_argument("--state-dict", nargs="+", help="per-rank state dict files (stage-major)")
-    p.add_argument("--tensor-model-parallel-size", type=int, default=1)
-    p.add_argument("--pipeline-model-parallel-size", type=int, default=1)
-    p.add_argument("--output", required=True, help="output directory")
-    p.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
-    p.add_argument("--keep-padded-vocab", action="store_true",
-                   help="keep the padding rows of the vocabulary (default: slice to the true vocab_size)")
-    p.add_argument("--max-position-embeddings", type=int, default=None,
-                   help="default: the model config's max_position_embeddings")
-    p.add_argument("--bos-token-id", type=int, default=None)
-    p.add_argument("--eos-token-id", type=int, default=None, help="e.g. the tokenizer's eod id")
-    p.add_argument("--pad-token-id", type=int, default=None)
-    p.add_argument("--tokenizer-type", default=None, choices=TOKENIZER_TYPES,
-                   help="the run's tokenizer (default with --load: the checkpoint's)")
-    p.add_argument("--tokenizer-model", default=None, help="its file (SentencePiece .model or HF tokenizer.json)")
-    p.add_argument("--vocab-size", type=int, default=None, help="NullTokenizer only")
-    p.add_argument("--no-tokenizer", action="store_true", help="write the weights only (not self-contained)")
-    p.add_argument("--overwrite", action="store_true", help="replace an earlier export in --output")
-    return p.parse_args(argv)
+    add_dataclass_args(p, ExportConfig, "export")
+    add_dataclass_args(p, TokenizerOverride, "tokenizer (default with --load: the checkpoint's)")
+    ns = p.parse_args(argv)
+    return dataclass_from_args(ExportConfig, ns), dataclass_from_args(TokenizerOverride, ns)
 
 
-def export_tokenizer(args, ckpt_config: dict | None):
+def export_tokenizer(cfg: ExportConfig, tok: TokenizerOverride, ckpt_config: dict | None):
     """The tokenizer to write into the export, or None (--no-tokenizer, or no flags and no checkpoint)."""
-    if args.no_tokenizer:
+    if not cfg.write_tokenizer:
         return None
-    if args.tokenizer_type:
-        return build_tokenizer(args.tokenizer_type, args.tokenizer_model, args.vocab_size)
+    if tok.tokenizer_type:
+        return tok.build()
     if ckpt_config is None:
         print("export_hf: no --tokenizer-type/--tokenizer-model given: the export has no tokenizer files",
               file=sys.stderr)
@@ -79,7 +89,7 @@ def export_tokenizer(args, ckpt_config: dict | None):
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
+    args, tok = parse_args(argv)
     if args.load:
         from megatron_tf.checkpoint import CheckpointError, merged_state_dict, resolve_checkpoint_dir
 
@@ -87,12 +97,12 @@ def main(argv=None) -> int:
         if ckpt_dir is None:
             raise CheckpointError(f"--load {args.load}: no checkpoint there")
         sd, config, ckpt_config = merged_state_dict(ckpt_dir)
-        tokenizer = export_tokenizer(args, ckpt_config)
+        tokenizer = export_tokenizer(args, tok, ckpt_config)
     elif args.model_config and args.state_dict:
         config = load_model_config(args.model_config)
         sd = merge_state_dict_files(args.state_dict, config, args.tensor_model_parallel_size,
                                     args.pipeline_model_parallel_size)
-        tokenizer = export_tokenizer(args, None)
+        tokenizer = export_tokenizer(args, tok, None)
     else:
         raise SystemExit("export_hf: give --load CHECKPOINT_DIR, or --model-config and --state-dict")
     out = export_llama(sd, config, args.output, dtype=DTYPES[args.dtype], keep_padded_vocab=args.keep_padded_vocab,

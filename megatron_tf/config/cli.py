@@ -13,7 +13,8 @@ after it (`num_layers` -> `--num-layers`, Megatron-LM's spelling), with help tex
     cfg = dataclass_from_args(ModelConfig, parser.parse_args())
 
 `opt(..., flag="--other-name", aliases=("--alias",))` renames a flag; `opt(..., cli=False)` keeps a field off the
-command line. bool fields get `--x/--no-x`; list fields take several values (`nargs="+"`).
+command line. bool fields get `--x/--no-x`; list fields take several values (`nargs="+"`); a field without a default
+is a required flag.
 """
 
 from __future__ import annotations
@@ -57,12 +58,15 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls, title: str | None =
         if not md.get("cli", True) or not f.init:
             continue
         tp, is_list = _base_type(hints[f.name])
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
         names = [_flag(f), *md.get("aliases", ())]
-        help_text = ((md.get("help") or "") + f" (default: {default})").replace("%", "%%")  # argparse %-formats
+        help_text = ((md.get("help") or "") + ("" if required else f" (default: {default})")).replace("%", "%%")
         kw: dict[str, Any] = {"dest": f.name, "help": help_text,
                               "default": argparse.SUPPRESS}
+        if required:  # a field without a default is a required flag
+            kw["required"] = True
         if md.get("metavar"):
             kw["metavar"] = md["metavar"]
         if tp is bool and not is_list:

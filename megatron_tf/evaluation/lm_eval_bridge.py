@@ -32,6 +32,9 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from megatron_tf.config.cli import opt
 
 from .eval_sets import MCQSet, build_mcq_sets
 
@@ -189,24 +192,26 @@ def lm_eval_on_model(model, tokenizer, tasks: Sequence[str], *, output_dir: str,
                            device="cuda" if device.type == "cuda" else "cpu", max_length=seq_length, limit=limit)
 
 
-def add_lm_eval_args(p: argparse.ArgumentParser) -> None:
-    """tools/evaluate.py's lm-eval flags."""
-    g = p.add_argument_group("lm-evaluation-harness")
-    g.add_argument("--lm-eval-tasks", nargs="+", default=None, metavar="TASK",
-                   help="run lm-eval (--model hf, offline) on an export of each checkpoint; results go under "
-                        "'lm_eval' in the evaluation JSON")
-    g.add_argument("--lm-eval-include-path", default=None,
-                   help="directory of local lm-eval task YAMLs (python -m megatron_tf.evaluation.lm_eval_bridge "
-                        "writes the project's MCQ sets there)")
-    g.add_argument("--lm-eval-batch-size", type=int, default=8)
-    g.add_argument("--lm-eval-limit", type=int, default=None, help="lm-eval --limit (documents per task)")
+@dataclass
+class LMEvalConfig:
+    """lm-evaluation-harness on an export of each checkpoint (tools/evaluate.py)."""
+
+    lm_eval_tasks: list[str] | None = field(default=None, metadata=opt(
+        "Run lm-eval (--model hf, offline) on an export of each checkpoint; results go under 'lm_eval' in the "
+        "evaluation JSON.", metavar="TASK"))
+    lm_eval_include_path: str | None = field(default=None, metadata=opt(
+        "Directory of local lm-eval task YAMLs (python -m megatron_tf.evaluation.lm_eval_bridge writes the "
+        "project's MCQ sets there)."))
+    lm_eval_batch_size: int = field(default=8, metadata=opt("lm-eval --batch_size."))
+    lm_eval_limit: int | None = field(default=None, metadata=opt("lm-eval --limit (documents per task)."))
 
 
-def fold_lm_eval(result: dict, model, tokenizer, args, seq_length: int, output_dir: str, name: str) -> dict:
+def fold_lm_eval(result: dict, model, tokenizer, cfg: LMEvalConfig, seq_length: int, output_dir: str,
+                 name: str) -> dict:
     """With --lm-eval-tasks: run lm-eval on the model's export and put its results under result["lm_eval"]:
     {"tasks": {task: {"acc": .., "acc_stderr": .., "acc_norm": .., ...}}, "n_samples": {task: n},
     "lm_eval_version", "command", "results_file", "include_path", "seq_length"}. Returns result."""
-    tasks = getattr(args, "lm_eval_tasks", None)
+    tasks = cfg.lm_eval_tasks
     if not tasks:
         return result
     import importlib.util
@@ -214,10 +219,10 @@ def fold_lm_eval(result: dict, model, tokenizer, args, seq_length: int, output_d
     if importlib.util.find_spec("lm_eval") is None:
         raise LMEvalError("--lm-eval-tasks needs lm-evaluation-harness: pip install -e '.[test]' (or lm-eval)")
     res = lm_eval_on_model(model, tokenizer, tasks, output_dir=os.path.join(output_dir, "lm_eval", name),
-                           include_path=args.lm_eval_include_path, seq_length=seq_length,
-                           batch_size=args.lm_eval_batch_size, limit=args.lm_eval_limit)
-    result["lm_eval"] = {**res, "include_path": os.path.abspath(args.lm_eval_include_path)
-                         if args.lm_eval_include_path else None, "seq_length": seq_length}
+                           include_path=cfg.lm_eval_include_path, seq_length=seq_length,
+                           batch_size=cfg.lm_eval_batch_size, limit=cfg.lm_eval_limit)
+    result["lm_eval"] = {**res, "include_path": os.path.abspath(cfg.lm_eval_include_path)
+                         if cfg.lm_eval_include_path else None, "seq_length": seq_length}
     return result
 
 
