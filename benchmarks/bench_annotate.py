@@ -5,7 +5,7 @@
 
 Each size is a classifier artifact (two LMs + a logistic probe; random weights unless --demo-artifact is given:
 throughput does not depend on the values) annotating a dataset end to end through the annotation runner
-(labeling/annotate.py: read, window, batch, both LMs, probe, quantise, write sidecars), one process with all CPU
+(labeling/annotate_runner.py: read, window, batch, both LMs, probe, quantise, write sidecars), one process with all CPU
 threads (or one GPU). Reported per (size, layer): tokens/s, achieved FLOP/s (annotation FLOPs from the cost
 accounting, labeling/classifier/cost.py, divided by wall time), positions read per token (separator + window overlap)
 and the padding overhead of the length-sorted batches, and the annotation cost as a fraction of the pretraining

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Label every token of a Megatron dataset and write forget sidecars beside it (format: docs/sidecar_format.md;
-logic: megatron_tf/labeling/annotate.py). Resumable: re-run the same command after an interruption.
+logic: megatron_tf/labeling/annotate.py, annotate_runner.py, registry.py). Resumable: re-run the same command
+after an interruption.
 
     python tools/annotate.py --data-prefix data/corpus_text_document --labeler blocklist \
         --terms data/demo/medical_terms.txt --tokenizer-type SentencePieceTokenizer --tokenizer-model tok.model \

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from ..utils.dist_work import WorkGroup, partition
 from ..utils.logging import get_logger
 from ..utils.run_lock import run_lock
-from . import annotate as A
+from . import annotate_runner as A
 
 log = get_logger(__name__)
 

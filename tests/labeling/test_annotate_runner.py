@@ -1,5 +1,5 @@
-"""Annotation runner (labeling/annotate.py): exact sidecar contents, determinism across chunking and workers,
-kill-and-resume byte identity, validation errors."""
+"""Annotation runner (labeling/annotate_runner.py): exact sidecar contents, determinism across chunking and
+workers, kill-and-resume byte identity, validation errors."""
 
 from __future__ import annotations
 
@@ -193,7 +193,7 @@ def test_resume_checks_settings_and_redoes_damaged_chunks(tmp_path):
     annotate(ref, HashLabeler(1), tok, chunk_docs=3, progress=False)
 
     work = work_dir_for(ds.path_prefix, "forget")
-    from megatron_tf.labeling import annotate as runner
+    from megatron_tf.labeling import annotate_runner as runner
 
     real_finalize = runner._finalize
     runner._finalize = lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt())  # die after labeling

@@ -1,4 +1,5 @@
-"""`ClassifierLabeler`: the biLM classifier as a `TokenLabeler` for the annotation runner (labeling/annotate.py).
+"""`ClassifierLabeler`: the biLM classifier as a `TokenLabeler` for the annotation runner
+(labeling/annotate_runner.py).
 
 The runner streams the dataset in chunks of whole documents (document order), shards the chunks over worker
 processes, keeps finished chunks for resumption and merges them in order; this labeler scores the documents of one

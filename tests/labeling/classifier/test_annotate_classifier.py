@@ -62,8 +62,8 @@ def test_sharded_equals_single_process_and_the_scores(tmp_path, artifact):
                              classifier_group_tokens=60)
     one = _copy(ds.path_prefix, str(tmp_path / "one"))
     two = _copy(ds.path_prefix, str(tmp_path / "two"))
-    s1 = run(_cfg(one, 1), classifier_options=opts)  # 1 process with all CPU threads
-    s2 = run(_cfg(two, 2), classifier_options=opts)  # 2 spawned workers, threads split between them
+    s1 = run(_cfg(one, 1), opts)  # 1 process with all CPU threads
+    s2 = run(_cfg(two, 2), opts)  # 2 spawned workers, threads split between them
     assert _read(one) == _read(two)
     want = quantize_scores(np.concatenate(ClassifierLabeler(artifact, device="cpu", batch_tokens=64,
                                                             group_tokens=60).score_documents(docs)))
