@@ -1,5 +1,6 @@
 """Process setup: rank and world size from the environment (torchrun, the deepspeed launcher, Slurm via srun +
-torchrun), backend by device (NCCL on CUDA, gloo on CPU), one GPU per process (LOCAL_RANK).
+torchrun), backend by device (NCCL on CUDA, gloo on CPU), one GPU per process (LOCAL_RANK); seeding; fault
+injection for tests (MEGATRON_TF_FAULT).
 
 A single process without a launcher needs no torch.distributed at all (every group handle is None).
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import signal
 from dataclasses import dataclass
 
 import torch
@@ -59,3 +61,22 @@ def init_distributed(device: str = "auto", backend: str = "auto", timeout_minute
     else:
         be = None
     return DistEnv(rank, world, local, dev, be, initialized_here)
+
+
+FAULT_ENV = "MEGATRON_TF_FAULT"  # fault injection for tests: "step:9" or "save:6" -> SIGKILL at that point
+
+
+def fault_point(point: str, iteration: int) -> None:
+    spec = os.environ.get(FAULT_ENV)
+    if spec and spec == f"{point}:{iteration}":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def seed_all(seed: int) -> None:
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % (1 << 32))  # noqa: NPY002 (Megatron seeds the legacy global generator too)
+    torch.manual_seed(seed)

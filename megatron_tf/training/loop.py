@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import signal
 import time
 
 import torch
@@ -45,7 +44,7 @@ from megatron_tf.utils.logging import get_logger
 from . import deepspeed_engine as dse
 from . import resume
 from .arguments import Configs
-from .distributed import init_distributed
+from .distributed import fault_point, init_distributed, seed_all
 from .divergence import DivergenceGuard, is_finite, nonfinite_step
 from .loss import global_count, local_learned_tokens, loss_scale, microbatch_objective, use_one_pass
 from .lr_schedule import build_lr_schedule
@@ -56,25 +55,6 @@ from .schedule import P2P, forward_backward_1f1b, forward_backward_no_pipelining
 from .validation import build_eval_datasets, eval_num_samples
 
 log = get_logger(__name__)
-
-FAULT_ENV = "MEGATRON_TF_FAULT"  # fault injection for tests: "step:9" or "save:6" -> SIGKILL at that point
-
-
-def _fault(point: str, iteration: int) -> None:
-    spec = os.environ.get(FAULT_ENV)
-    if spec and spec == f"{point}:{iteration}":
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _seed_all(seed: int) -> None:
-    import random
-
-    import numpy as np
-
-    random.seed(seed)
-    np.random.seed(seed % (1 << 32))  # noqa: NPY002 (Megatron seeds the legacy global generator too)
-    torch.manual_seed(seed)
-
 
 class Trainer:
     def __init__(self, cfgs: Configs, setup_hook=None):
@@ -95,7 +75,7 @@ class Trainer:
         if t.bf16 and not self.bf16:
             log.info("--bf16 ignored on CPU: training in fp32")
         # Megatron's seeding: seed + 100 * pp_rank for the default generators (same on TP and DP ranks)
-        _seed_all(t.seed + 100 * g.pp_rank)
+        seed_all(t.seed + 100 * g.pp_rank)
 
         tc = cfgs.tokenizer
         self.tokenizer = build_tokenizer(tc.tokenizer_type, tc.tokenizer_model, tc.vocab_size)
@@ -115,7 +95,58 @@ class Trainer:
         cc = cfgs.checkpoint
         saved_cfg = self._load_weights(cfgs)
 
-        # ---- optimizer and data-parallel wrapper ----
+        # ---- optimizer and data-parallel wrapper (after the weights, before the optimizer state) ----
+        self._build_optimizer(cfgs)
+
+        # ---- state ----
+        rs = self.resume_state
+        self.iteration = int(rs.get("iteration", 0))
+        self.consumed_samples = int(rs.get("consumed_samples", 0))
+        self.tokens_seen = int(rs.get("tokens_seen", 0))
+        self.tokens_learned = int(rs.get("tokens_learned", 0))
+        self.last_saved_iteration = self.iteration if self.resume_dir is not None and rs else None
+        self.guard, self.step_skipped, self.step_applied = DivergenceGuard(t.skip_nonfinite_steps, g.rank), False, False
+
+        # ---- data ----
+        self._build_data()
+        tokens_per_iter = self.gbs * t.seq_length
+        self.lr_schedule = build_lr_schedule(cfgs.lr, t.train_iters, t.train_tokens, tokens_per_iter)
+        log.info("%s", self.lr_schedule.describe())
+        self.train_iter = iter(build_pretraining_data_loader(
+            self.datasets.train, self.consumed_samples, t.micro_batch_size, g.dp_rank, g.dp_size,
+            num_workers=cfgs.data.num_workers, total_samples=self.train_samples,
+            pin_memory=self.device.type == "cuda"))
+
+        # ---- RNG (last: nothing above may consume it differently in a resumed run) ----
+        if self.resume_dir is not None and rs and not cc.no_load_rng:
+            self._restore_rng(saved_cfg)
+
+        # ---- pipeline P2P ----
+        h = self.model_cfg.hidden_size
+        s = t.seq_length // (g.tp_size if self.model_cfg.sequence_parallel else 1)
+        self.p2p = P2P(g.prev_stage_rank, g.next_stage_rank, (s, t.micro_batch_size, h), torch.float32,
+                       self.device) if g.pp_size > 1 else None
+        self.fused_linear = g.is_last_stage and cfgs.cross_entropy.cross_entropy_impl == "fused-linear"
+        self.one_pass = g.is_last_stage and not self.fused_linear and use_one_pass(
+            cfgs.cross_entropy.cross_entropy_impl, g.tp_size, self.device,
+            torch.bfloat16 if self.bf16 else torch.float32)
+        if self.one_pass:
+            log.info("loss: one-pass fused cross-entropy loss + gradient (TP = 1)")
+
+        # ---- metrics ----
+        save = cc.save
+        self.metrics = MetricsWriter(cfgs.logging, save, enabled=g.rank == 0, run_config=cfgs.to_dict())
+        if g.rank == 0 and self.metrics.path and self.resume_dir is not None and rs:
+            resume.truncate_metrics(self.metrics.path, self.iteration)
+        self.peak = peak_flops(self.device, self.bf16)
+        self.bar = None
+        if setup_hook is not None:
+            setup_hook(self)
+
+    def _build_optimizer(self, cfgs: Configs) -> None:
+        """AdamW, the data-parallel wrapper (DeepSpeed engine, DDP, or explicit averaging with PP > 1) and, when
+        resuming, the saved optimizer state."""
+        g, t, cc = self.groups, cfgs.training, cfgs.checkpoint
         self.optimizer, self.param_names, self.optimizer_impl = build_optimizer(
             self.module, cfgs.optimizer, cfgs.lr.lr, self.device)
         self.tied_pp = self.module.share_embeddings and g.pp_size > 1
@@ -143,56 +174,16 @@ class Trainer:
             else:
                 states.load_optimizer_state(self.optimizer, self.param_names, tensors, meta, where)
 
-        # ---- state ----
-        rs = self.resume_state
-        self.iteration = int(rs.get("iteration", 0))
-        self.consumed_samples = int(rs.get("consumed_samples", 0))
-        self.tokens_seen = int(rs.get("tokens_seen", 0))
-        self.tokens_learned = int(rs.get("tokens_learned", 0))
-        self.last_saved_iteration = self.iteration if self.resume_dir is not None and rs else None
-        self.guard, self.step_skipped, self.step_applied = DivergenceGuard(t.skip_nonfinite_steps, g.rank), False, False
-
-        # ---- data ----
-        self._build_data()
-        tokens_per_iter = self.gbs * t.seq_length
-        self.lr_schedule = build_lr_schedule(cfgs.lr, t.train_iters, t.train_tokens, tokens_per_iter)
-        log.info("%s", self.lr_schedule.describe())
-        self.train_iter = iter(build_pretraining_data_loader(
-            self.datasets.train, self.consumed_samples, t.micro_batch_size, g.dp_rank, g.dp_size,
-            num_workers=cfgs.data.num_workers, total_samples=self.train_samples,
-            pin_memory=self.device.type == "cuda"))
-
-        # ---- RNG (last: nothing above may consume it differently in a resumed run) ----
-        if self.resume_dir is not None and rs and not cc.no_load_rng:
-            saved_world = saved_cfg["parallel"].get("world_size")
-            r = ckpt.load_rng(self.resume_dir, g.rank) if saved_world == g.world_size else None
-            if r is None:
-                log.warning("%s: no RNG state for rank %d of a world of %d (saved with %s ranks): RNG not restored",
-                            self.resume_dir, g.rank, g.world_size, saved_world)
-            else:
-                states.set_rng_state(r[0], r[1], self.module.rng)
-
-        # ---- pipeline P2P ----
-        h = self.model_cfg.hidden_size
-        s = t.seq_length // (g.tp_size if self.model_cfg.sequence_parallel else 1)
-        self.p2p = P2P(g.prev_stage_rank, g.next_stage_rank, (s, t.micro_batch_size, h), torch.float32,
-                       self.device) if g.pp_size > 1 else None
-        self.fused_linear = g.is_last_stage and cfgs.cross_entropy.cross_entropy_impl == "fused-linear"
-        self.one_pass = g.is_last_stage and not self.fused_linear and use_one_pass(
-            cfgs.cross_entropy.cross_entropy_impl, g.tp_size, self.device,
-            torch.bfloat16 if self.bf16 else torch.float32)
-        if self.one_pass:
-            log.info("loss: one-pass fused cross-entropy loss + gradient (TP = 1)")
-
-        # ---- metrics ----
-        save = cc.save
-        self.metrics = MetricsWriter(cfgs.logging, save, enabled=g.rank == 0, run_config=cfgs.to_dict())
-        if g.rank == 0 and self.metrics.path and self.resume_dir is not None and rs:
-            resume.truncate_metrics(self.metrics.path, self.iteration)
-        self.peak = peak_flops(self.device, self.bf16)
-        self.bar = None
-        if setup_hook is not None:
-            setup_hook(self)
+    def _restore_rng(self, saved_cfg: dict) -> None:
+        """This rank's saved RNG states (torch, CUDA, model-parallel, numpy, python), when the world size matches."""
+        g = self.groups
+        saved_world = saved_cfg["parallel"].get("world_size")
+        r = ckpt.load_rng(self.resume_dir, g.rank) if saved_world == g.world_size else None
+        if r is None:
+            log.warning("%s: no RNG state for rank %d of a world of %d (saved with %s ranks): RNG not restored",
+                        self.resume_dir, g.rank, g.world_size, saved_world)
+        else:
+            states.set_rng_state(r[0], r[1], self.module.rng)
 
     def _load_weights(self, cfgs: Configs) -> dict | None:
         """--load: find the checkpoint, check its layout, architecture and data config against this run's, load this
@@ -470,7 +461,7 @@ class Trainer:
                  "train_samples": self.train_samples, "global_batch_size": self.gbs,
                  "num_microbatches": self.num_microbatches}
         out = ckpt.save_checkpoint(cc.save, self.iteration, payload, self.run_config(), state,
-                                   fault_hook=lambda point: _fault(point, self.iteration))
+                                   fault_hook=lambda point: fault_point(point, self.iteration))
         self.last_saved_iteration = self.iteration
         return out
 
@@ -517,7 +508,7 @@ class Trainer:
                 self.iteration += 1
                 if self.step_skipped:  # logs, or raises TrainingDiverged past --skip-nonfinite-steps
                     self._nonfinite(stats)
-                _fault("step", self.iteration)
+                fault_point("step", self.iteration)
                 self.consumed_samples += self.gbs
                 self.tokens_seen += self.gbs * t.seq_length
                 pending.append((self.iteration, lr, stats))
