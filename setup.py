@@ -45,6 +45,13 @@ def _cuda_extension():
 
 ext_modules, cmdclass = _cuda_extension()
 
+# Every tools/<name>.py is also the console command mtf-<name> (installed as the package megatron_tf_tools, a
+# mapping of tools/; `python tools/<name>.py` keeps working). pretrain_gpt.py is mtf-pretrain.
+_TOOLS = sorted(f[:-3] for f in os.listdir(os.path.join(HERE, "tools")) if f.endswith(".py") and f != "__init__.py")
+_TOOL_MAIN = {"train_sae": "train_main"}  # scripts whose entry function is not main()
+CONSOLE_SCRIPTS = ["mtf-pretrain = megatron_tf.training.api:main"] + [
+    f"mtf-{name.replace('_', '-')} = megatron_tf_tools.{name}:{_TOOL_MAIN.get(name, 'main')}" for name in _TOOLS]
+
 setup(
     name="megatron_tf",
     version="0.1.0",
@@ -52,7 +59,8 @@ setup(
     long_description=open(os.path.join(HERE, "README.md"), encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["megatron_tf", "megatron_tf.*"]),
+    packages=find_packages(include=["megatron_tf", "megatron_tf.*"]) + ["megatron_tf_tools"],
+    package_dir={"megatron_tf_tools": "tools"},
     package_data={"megatron_tf": ["py.typed"]},
     # torch is deliberately unpinned from above only: GPU machines keep their CUDA build. On a CPU machine install
     # torch==2.13.0 first (scripts/install.sh does), or pip resolves a 5.5 GB CUDA wheel.
@@ -83,5 +91,5 @@ setup(
     },
     ext_modules=ext_modules,
     cmdclass=cmdclass,
-    scripts=[],
+    entry_points={"console_scripts": CONSOLE_SCRIPTS},
 )

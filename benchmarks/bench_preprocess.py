@@ -169,6 +169,27 @@ def summarize(runs: list[dict], n_docs: int, n_tok: int) -> dict:
             "docs_per_s": n_docs / med, "tokens_per_s": n_tok / med, "runs": runs}
 
 
+def speedup_table(rows: list[dict], mname: str, reps: int, load_before) -> None:
+    """Add speedups vs Megatron-LM (same tokenizer and workers) to `rows` and print the table."""
+    base = {(r["tokenizer"], r["workers"]): r for r in rows if r["tool"] == mname}
+    print(f"\nmedian of {reps} interleaved runs (spread: min-max); load average before {load_before[0]:.2f}\n")
+    hdr = f"{'tok':3s} {'tool':30s} {'workers':>7s} {'run s':>7s} {'min-max s':>13s} {'docs/s':>8s} " \
+          f"{'tokens/s':>10s} {'vs Megatron':>11s} {'CPU s':>7s} {'CPU vs M.':>9s} {'same bytes':>10s}"
+    print(hdr)
+    print("-" * len(hdr))
+    for r in rows:
+        b = base.get((r["tokenizer"], r["workers"]))
+        sp = b["run_s_median"] / r["run_s_median"] if b else float("nan")
+        cs = b["cpu_s_median"] / r["cpu_s_median"] if b else float("nan")
+        r["speedup_vs_megatron"], r["cpu_speedup_vs_megatron"] = sp, cs
+        if b:  # the spread of the ratio: slowest of ours vs fastest Megatron, and the reverse
+            r["speedup_vs_megatron_range"] = [b["run_s_min"] / r["run_s_max"], b["run_s_max"] / r["run_s_min"]]
+        same = {True: "yes", False: "NO", None: "-"}[r["output_identical_to_megatron"]]
+        print(f"{r['tokenizer']:3s} {r['tool']:30s} {r['workers']:7d} {r['run_s_median']:7.2f} "
+              f"{r['run_s_min']:6.2f}-{r['run_s_max']:<6.2f} {r['docs_per_s']:8,.0f} {r['tokens_per_s']:10,.0f} "
+              f"{sp:10.2f}x {r['cpu_s_median']:7.2f} {cs:8.2f}x {same:>10s}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--shared", default=os.path.join(REPO, "..", "shared", "data"))
@@ -251,23 +272,7 @@ def main() -> int:
                 rows.append({"tokenizer": kind, "tool": name, "workers": w, "documents": n_docs, "tokens": n_tok,
                              **summarize(results[((kind, name), w)], n_docs, n_tok),
                              "output_identical_to_megatron": identical[((kind, name), w)] if mtools else None})
-        base = {(r["tokenizer"], r["workers"]): r for r in rows if r["tool"] == mname}
-        print(f"\nmedian of {args.reps} interleaved runs (spread: min-max); load average before {load_before[0]:.2f}\n")
-        hdr = f"{'tok':3s} {'tool':30s} {'workers':>7s} {'run s':>7s} {'min-max s':>13s} {'docs/s':>8s} " \
-              f"{'tokens/s':>10s} {'vs Megatron':>11s} {'CPU s':>7s} {'CPU vs M.':>9s} {'same bytes':>10s}"
-        print(hdr)
-        print("-" * len(hdr))
-        for r in rows:
-            b = base.get((r["tokenizer"], r["workers"]))
-            sp = b["run_s_median"] / r["run_s_median"] if b else float("nan")
-            cs = b["cpu_s_median"] / r["cpu_s_median"] if b else float("nan")
-            r["speedup_vs_megatron"], r["cpu_speedup_vs_megatron"] = sp, cs
-            if b:  # the spread of the ratio: slowest of ours vs fastest Megatron, and the reverse
-                r["speedup_vs_megatron_range"] = [b["run_s_min"] / r["run_s_max"], b["run_s_max"] / r["run_s_min"]]
-            same = {True: "yes", False: "NO", None: "-"}[r["output_identical_to_megatron"]]
-            print(f"{r['tokenizer']:3s} {r['tool']:30s} {r['workers']:7d} {r['run_s_median']:7.2f} "
-                  f"{r['run_s_min']:6.2f}-{r['run_s_max']:<6.2f} {r['docs_per_s']:8,.0f} {r['tokens_per_s']:10,.0f} "
-                  f"{sp:10.2f}x {r['cpu_s_median']:7.2f} {cs:8.2f}x {same:>10s}")
+        speedup_table(rows, mname, args.reps, load_before)
         out = args.out or os.path.join(HERE, "results",
                                        f"preprocess_{platform.node() or 'host'}_{os.cpu_count()}cores.json")
         os.makedirs(os.path.dirname(out), exist_ok=True)

@@ -57,7 +57,7 @@ _warned_no_meta: set[str] = set()
 
 def check_dataset_meta(prefix: str, tokenizer: Tokenizer, fingerprint: str | None = None) -> dict | None:
     """Check P.meta.json (written by preprocessing) against the tokenizer; warn once when it is absent. A meta.json
-    whose dataset.fingerprint is not this dataset's is stale: ignored with a warning (as labeling/annotate.py does)."""
+    whose dataset.fingerprint is not this dataset's is stale: ignored with a warning (as annotation does)."""
     path = meta_path(prefix)
     if not os.path.isfile(path):
         if prefix not in _warned_no_meta:
