@@ -156,8 +156,8 @@ def _find(obj, names: tuple[str, ...], depth: int = 4):
 
 
 def run_metadata_from_configs(configs) -> dict:
-    """What the evaluation needs from a checkpoint's configs (load_model_from_checkpoint's second value): a dict or
-    object, searched by key name at any nesting level: seq_length, token_filter (-> arm), forget_threshold,
+    """What the evaluation needs from a checkpoint's configs (megatron_tf.checkpoint.read_run(path).configs): a dict
+    or object, searched by key name at any nesting level: seq_length, token_filter (-> arm), forget_threshold,
     tokens seen / learned and the iteration. Missing keys are left out."""
     out = {}
     for key, names in _META_KEYS.items():
@@ -185,7 +185,7 @@ def evaluate_model(model: torch.nn.Module, tokenizer, cfg: EvaluationConfig, *, 
     """All configured evaluations of one model (module docstring). `run`: metadata copied into the result (name,
     arm, size, tokens_seen, tokens_learned, checkpoint, ...). With predictions=True, per-question records are
     kept under result["predictions"][set]. `train_configs`: the evaluated run's saved configs
-    (load_model_from_checkpoint's second value), from which the filter's labels are read
+    (megatron_tf.checkpoint.read_run(path).configs), from which the filter's labels are read
     (labels.filter_labels_from_configs); or give `filter_labels` directly (a labels record, None: no filter).
     Without either, result["labels"]["filter_labels"] is None and "filter_labels_from" says "not given"."""
     t0 = time.time()

@@ -39,7 +39,7 @@ def check_whole_model(model: torch.nn.Module) -> None:
     """Evaluation needs the whole model on this rank's pipeline stage (tensor parallelism is fine)."""
     if not (getattr(model, "pre_process", True) and getattr(model, "post_process", True)):
         raise ValueError("evaluation needs a model with all layers (pipeline-parallel size 1): merge the pipeline "
-                         "stages first (megatron_tf.training.load_model_from_checkpoint does)")
+                         "stages first (megatron_tf.checkpoint.load_model does)")
 
 
 def autocast_context(device: torch.device, bf16: bool):
