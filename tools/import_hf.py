@@ -33,11 +33,13 @@ import os
 import shutil
 import sys
 import tempfile
+from dataclasses import dataclass, field
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
+from megatron_tf.config.cli import add_dataclass_args, dataclass_from_args, opt  # noqa: E402
 from megatron_tf.model.hf_export import load_state_dict_file  # noqa: E402
 from megatron_tf.model.hf_import import (  # noqa: E402
     HFImportError,
@@ -46,28 +48,35 @@ from megatron_tf.model.hf_import import (  # noqa: E402
     model_config_from_llama,
     shard_state_dict,
 )
+from megatron_tf.tokenizer.config import TokenizerOverride  # noqa: E402
 from megatron_tf.tokenizer.hf_files import add_reserved_tokens  # noqa: E402
-from megatron_tf.tokenizer.tokenizer import TOKENIZER_TYPES, TokenizerError, build_tokenizer  # noqa: E402
+from megatron_tf.tokenizer.tokenizer import TokenizerError, build_tokenizer  # noqa: E402
 from megatron_tf.utils.io import atomic_directory, read_json  # noqa: E402
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+@dataclass
+class ImportConfig:
+    """Which Hugging Face directory to import, where the checkpoint goes, and its layout."""
+
+    hf: str = field(metadata=opt("A local Hugging Face LlamaForCausalLM directory."))
+    output: str = field(metadata=opt("Checkpoint directory to write (as for --save)."))
+    tensor_model_parallel_size: int = field(default=1, metadata=opt("TP size of the checkpoint."))
+    pipeline_model_parallel_size: int = field(default=1, metadata=opt("PP size of the checkpoint."))
+    seq_length: int | None = field(default=None, metadata=opt(
+        "The run's --seq-length stored in the checkpoint (default: max_position_embeddings)."))
+    add_reserved_tokens: bool = field(default=False, metadata=opt(
+        "Append the reserved tokens the tokenizer lacks (<|endoftext|>, <|hidden|>, <|pad|>) to a copy of it, with "
+        "embedding rows initialised to the mean row where the model has too few."))
+    overwrite: bool = field(default=False, metadata=opt("Replace an existing checkpoint directory."))
+
+
+def parse_args(argv=None) -> tuple[ImportConfig, TokenizerOverride]:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--hf", required=True, help="a local Hugging Face LlamaForCausalLM directory")
-    p.add_argument("--output", required=True, help="checkpoint directory to write (as for --save)")
-    p.add_argument("--tensor-model-parallel-size", type=int, default=1)
-    p.add_argument("--pipeline-model-parallel-size", type=int, default=1)
-    p.add_argument("--tokenizer-type", default=None, choices=TOKENIZER_TYPES,
-                   help="default: --hf's tokenizer.model (SentencePiece), else its tokenizer.json")
-    p.add_argument("--tokenizer-model", default=None)
-    p.add_argument("--vocab-size", type=int, default=None, help="NullTokenizer only")
-    p.add_argument("--seq-length", type=int, default=None,
-                   help="the run's --seq-length stored in the checkpoint (default: max_position_embeddings)")
-    p.add_argument("--add-reserved-tokens", action="store_true",
-                   help="append the reserved tokens the tokenizer lacks (<|endoftext|>, <|hidden|>, <|pad|>) to a "
-                        "copy of it, with embedding rows initialised to the mean row where the model has too few")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint directory")
-    return p.parse_args(argv)
+    add_dataclass_args(p, ImportConfig, "import")
+    add_dataclass_args(p, TokenizerOverride, "tokenizer (default: --hf's tokenizer.model (SentencePiece), else its "
+                                             "tokenizer.json)")
+    ns = p.parse_args(argv)
+    return dataclass_from_args(ImportConfig, ns), dataclass_from_args(TokenizerOverride, ns)
 
 
 def read_hf_weights(hf_dir: str) -> dict[str, torch.Tensor]:
@@ -85,9 +94,9 @@ def read_hf_weights(hf_dir: str) -> dict[str, torch.Tensor]:
                      "pytorch_model.bin")
 
 
-def resolve_tokenizer(args) -> tuple[str, str | None]:
-    if args.tokenizer_type:
-        return args.tokenizer_type, args.tokenizer_model
+def resolve_tokenizer(args: ImportConfig, tok: TokenizerOverride) -> tuple[str, str | None]:
+    if tok.tokenizer_type:
+        return tok.tokenizer_type, tok.tokenizer_model
     for name, kind in (("tokenizer.model", "SentencePieceTokenizer"), ("tokenizer.json", "HFTokenizer")):
         if os.path.isfile(os.path.join(args.hf, name)):
             return kind, os.path.join(args.hf, name)
@@ -150,12 +159,12 @@ def write_checkpoint(tmp: str, full: dict, cfg, tp: int, pp: int, run_config: di
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
+    args, tok = parse_args(argv)
     tp, pp = args.tensor_model_parallel_size, args.pipeline_model_parallel_size
     out = os.path.abspath(args.output)
     check_output(out, args.overwrite)
     hf_config = read_json(os.path.join(args.hf, "config.json"))
-    tok_type, tok_model = resolve_tokenizer(args)
+    tok_type, tok_model = resolve_tokenizer(args, tok)
     with tempfile.TemporaryDirectory() as tok_tmp:
         added: list[str] = []
         if args.add_reserved_tokens and tok_model:
@@ -164,7 +173,7 @@ def main(argv=None) -> int:
             added = add_reserved_tokens(kind, tok_model, copy)
             tok_model = copy
         try:
-            tokenizer = build_tokenizer(tok_type, tok_model, args.vocab_size)
+            tokenizer = build_tokenizer(tok_type, tok_model, tok.vocab_size)
         except TokenizerError as e:
             raise SystemExit(f"import_hf: {e}; --add-reserved-tokens appends the missing reserved tokens") from e
         hf_rows = int(hf_config["vocab_size"])
@@ -174,11 +183,12 @@ def main(argv=None) -> int:
             full = from_llama_state_dict(weights, cfg, tp)
         except HFImportError as e:
             raise SystemExit(f"import_hf: {args.hf}: {e}") from e
-        _write(args, out, tp, pp, cfg, full, tokenizer, tok_type, tok_model, hf_rows, added)
+        _write(args, tok.vocab_size, out, tp, pp, cfg, full, tokenizer, tok_type, tok_model, hf_rows, added)
     return 0
 
 
-def _write(args, out, tp, pp, cfg, full, tokenizer, tok_type, tok_model, hf_rows, added) -> None:
+def _write(args: ImportConfig, vocab_size: int | None, out, tp, pp, cfg, full, tokenizer, tok_type, tok_model, hf_rows,
+           added) -> None:
     from megatron_tf.tokenizer.config import TokenizerConfig
     from megatron_tf.training.arguments import Configs
     from megatron_tf.training.config import TrainingConfig
@@ -189,7 +199,7 @@ def _write(args, out, tp, pp, cfg, full, tokenizer, tok_type, tok_model, hf_rows
     tok_dest = os.path.join(out, "tokenizer", os.path.basename(tok_model)) if tok_model else None
     cfgs = Configs(model=cfg, training=TrainingConfig(train_iters=1, seq_length=seq),
                    tokenizer=TokenizerConfig(tokenizer_type=tok_type, tokenizer_model=tok_dest,
-                                             vocab_size=args.vocab_size))
+                                             vocab_size=vocab_size))
     cfgs_dict = cfgs.to_dict()
     cfgs_dict["parallel"].update(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp)
     flags = model_flags(cfg)

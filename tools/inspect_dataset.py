@@ -9,17 +9,17 @@ docs/gpt_dataset.md, megatron_tf/data/inspect.py).
         --token-filter document --document-filter-fraction 0.1 --vocab-size 32000 --json
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: InspectConfig's annotations are evaluated here, so the dataclass builds
+# when this file is loaded without a sys.modules entry (tests/tools/test_inspect_dataset.py, spec_from_file_location).
 import argparse
-import dataclasses
 import json
 import os
 import sys
+from dataclasses import dataclass, field
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from megatron_tf.config.cli import add_dataclass_args, dataclass_from_args  # noqa: E402
+from megatron_tf.config.cli import add_dataclass_args, dataclass_from_args, opt  # noqa: E402
 from megatron_tf.data.config import FilterConfig, GPTDatasetConfig  # noqa: E402
 from megatron_tf.data.inspect import dump_sample, inspect_train_split, open_inspection  # noqa: E402
 from megatron_tf.tokenizer.tokenizer import TOKENIZER_TYPES, build_tokenizer  # noqa: E402
@@ -27,63 +27,71 @@ from megatron_tf.tokenizer.tokenizer import TOKENIZER_TYPES, build_tokenizer  # 
 COMPONENT_KEYS = ("weight_given", "weight", "samples", "tokens_total", "tokens_kept", "epochs", "prefix")
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+@dataclass
+class InspectConfig:
+    """What to inspect (one prefix, or the train split of the data flags below), with which tokenizer, and how to
+    print it."""
+
+    data_prefix: str | None = field(default=None, metadata=opt(
+        "One dataset prefix P (P.bin, P.idx), taken whole as one split, one epoch; or use --data-path / "
+        "--train-data-path (the trainer's flags, below) for the train split of a blend."))
+    train_samples: int | None = field(default=None, metadata=opt(
+        "Samples the train split is built for (needed by a weighted blend); or --train-iters."))
+    train_iters: int | None = field(default=None, metadata=opt("With --global-batch-size: train samples = I x G."))
+    global_batch_size: int | None = field(default=None, metadata=opt("Samples per step (with --train-iters)."))
+    seq_length: int = field(default=2048, metadata=opt("Tokens per sample."))
+    seed: int = field(default=1234, metadata=opt("Shuffle seed."))
+    tokenizer_type: str | None = field(default=None, metadata=opt(
+        "Tokenizer (default NullTokenizer with --vocab-size).", choices=TOKENIZER_TYPES))
+    tokenizer_model: str | None = field(default=None, metadata=opt("Tokenizer model file."))
+    vocab_size: int | None = field(default=None, metadata=opt("Vocabulary size for NullTokenizer."))
+    json: bool = field(default=False, metadata=opt("Print the summary as one JSON object on one line."))
+    dump_sample: int | None = field(default=None, metadata=opt(
+        "Print sample I as one JSON object {tokens, labels, loss_mask, forget}.", metavar="I"))
+
+    def resolved_train_samples(self) -> int | None:
+        if self.train_samples is not None and self.train_iters is not None:
+            raise SystemExit("give --train-samples or --train-iters, not both")
+        if self.train_iters is not None:
+            if self.global_batch_size is None:
+                raise SystemExit("--train-iters needs --global-batch-size")
+            return self.train_iters * self.global_batch_size
+        if self.train_samples is not None and self.train_samples < 1:
+            raise SystemExit(f"--train-samples must be >= 1, got {self.train_samples}")
+        return self.train_samples
+
+
+def parse_args(argv=None) -> tuple[InspectConfig, argparse.Namespace]:
+    """The tool's config, and the namespace that GPTDatasetConfig / FilterConfig are built from where main needs them
+    (built lazily so bad input is reported in the same order as before: tokenizer, filter, data)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
-    p.add_argument("--data-prefix", default=None,
-                   help="one dataset prefix P (P.bin, P.idx), taken whole as one split, one epoch; or use "
-                        "--data-path / --train-data-path (the trainer's flags, below) for the train split of a blend")
-    p.add_argument("--train-samples", type=int, default=None,
-                   help="samples the train split is built for (needed by a weighted blend); or --train-iters")
-    p.add_argument("--train-iters", type=int, default=None, help="with --global-batch-size: train samples = I x G")
-    p.add_argument("--global-batch-size", type=int, default=None, help="samples per step (with --train-iters)")
-    p.add_argument("--seq-length", type=int, default=2048, help="tokens per sample (default 2048)")
-    p.add_argument("--seed", type=int, default=1234, help="shuffle seed (default 1234)")
-    p.add_argument("--tokenizer-type", default=None, choices=TOKENIZER_TYPES,
-                   help="tokenizer (default NullTokenizer with --vocab-size)")
-    p.add_argument("--tokenizer-model", default=None, help="tokenizer model file")
-    p.add_argument("--vocab-size", type=int, default=None, help="vocabulary size for NullTokenizer")
-    p.add_argument("--json", action="store_true", help="print the summary as one JSON object on one line")
-    p.add_argument("--dump-sample", type=int, default=None, metavar="I",
-                   help="print sample I as one JSON object {tokens, labels, loss_mask, forget}")
+    add_dataclass_args(p, InspectConfig, "inspection")
     add_dataclass_args(p, GPTDatasetConfig, "data (as pretrain_gpt.py; --data-cache-path default with "
                                             "--data-prefix: in memory)")
     add_dataclass_args(p, FilterConfig)
-    return p.parse_args(argv)
+    ns = p.parse_args(argv)
+    return dataclass_from_args(InspectConfig, ns), ns
 
 
-def train_samples(args) -> int | None:
-    if args.train_samples is not None and args.train_iters is not None:
-        raise SystemExit("give --train-samples or --train-iters, not both")
-    if args.train_iters is not None:
-        if args.global_batch_size is None:
-            raise SystemExit("--train-iters needs --global-batch-size")
-        return args.train_iters * args.global_batch_size
-    if args.train_samples is not None and args.train_samples < 1:
-        raise SystemExit(f"--train-samples must be >= 1, got {args.train_samples}")
-    return args.train_samples
-
-
-def open_data(args, tokenizer, fcfg):
-    blend_given = any(getattr(args, k, None) for k in ("data_path", "train_data_path", "valid_data_path",
-                                                       "test_data_path"))
-    if (args.data_prefix is None) == (not blend_given):
+def open_data(t: InspectConfig, ns: argparse.Namespace, tokenizer, fcfg: FilterConfig):
+    blend_given = any(getattr(ns, k, None) for k in ("data_path", "train_data_path", "valid_data_path",
+                                                     "test_data_path"))
+    if (t.data_prefix is None) == (not blend_given):
         raise SystemExit("give --data-prefix, or --data-path / --train-data-path (not both)")
-    if args.data_prefix is not None:
-        return open_inspection(args.data_prefix, tokenizer, fcfg, args.seq_length, args.seed,
-                               getattr(args, "data_cache_path", None))
-    cfg = dataclass_from_args(GPTDatasetConfig, args)
-    cfg = dataclasses.replace(cfg, seq_length=args.seq_length, seed=args.seed)
-    return inspect_train_split(cfg, fcfg, tokenizer, train_samples(args))
+    if t.data_prefix is not None:
+        return open_inspection(t.data_prefix, tokenizer, fcfg, t.seq_length, t.seed,
+                               getattr(ns, "data_cache_path", None))
+    cfg = dataclass_from_args(GPTDatasetConfig, ns, seq_length=t.seq_length, seed=t.seed)
+    return inspect_train_split(cfg, fcfg, tokenizer, t.resolved_train_samples())
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
+    args, ns = parse_args(argv)
     ttype = args.tokenizer_type or "NullTokenizer"
     if ttype == "NullTokenizer" and args.vocab_size is None:
         raise SystemExit("give --tokenizer-type/--tokenizer-model, or --vocab-size for NullTokenizer")
     tokenizer = build_tokenizer(ttype, args.tokenizer_model, args.vocab_size)
-    fcfg = dataclass_from_args(FilterConfig, args)
-    summary, ds = open_data(args, tokenizer, fcfg)
+    summary, ds = open_data(args, ns, tokenizer, dataclass_from_args(FilterConfig, ns))
     where = args.data_prefix or "the train split"
     if args.dump_sample is not None:
         if ds is None:

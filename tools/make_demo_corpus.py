@@ -23,6 +23,12 @@ import lzma
 import os
 import re
 import sys
+from dataclasses import dataclass, field
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from megatron_tf.config.cli import add_dataclass_args, dataclass_from_args, opt  # noqa: E402
 
 TRAIN = {
     "medical": ["medical/medquad_nih_qa", "medical/mts_dialog_doctor_patient",
@@ -100,12 +106,24 @@ def write_xz(path, records):
     return len(data), os.path.getsize(path), len(records)
 
 
-def main(argv=None):
-    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+@dataclass
+class DemoCorpusConfig:
+    """Where the shared corpora are read and the demo corpus is written."""
+
+    shared: str = field(default=os.path.join(ROOT, "..", "shared", "data"), metadata=opt(
+        "The shared data directory (its medical/, biology/, general/ corpora)."))
+    out: str = field(default=os.path.join(ROOT, "data", "demo"), metadata=opt(
+        "Output directory (train/ and heldout/ are written there)."))
+
+
+def parse_args(argv=None) -> DemoCorpusConfig:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--shared", default=os.path.join(here, "..", "shared", "data"))
-    ap.add_argument("--out", default=os.path.join(here, "data", "demo"))
-    args = ap.parse_args(argv)
+    add_dataclass_args(ap, DemoCorpusConfig, "demo corpus")
+    return dataclass_from_args(DemoCorpusConfig, ap.parse_args(argv))
+
+
+def main(argv=None):
+    args = parse_args(argv)
     report = []
     for domain, corpora in TRAIN.items():
         share = TRAIN_CHARS_PER_DOMAIN // len(corpora)

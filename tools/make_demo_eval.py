@@ -21,9 +21,12 @@ import json
 import lzma
 import os
 import sys
+from dataclasses import dataclass, field
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 
+from megatron_tf.config.cli import add_dataclass_args, dataclass_from_args, opt  # noqa: E402
 from megatron_tf.evaluation.eval_sets import (  # noqa: E402
     MEDMCQA_EXCLUDED_SUBJECTS,
     MMLU_BIOLOGY_SUBJECTS,
@@ -57,13 +60,24 @@ def write_xz(path, lines):
     return len(lines), len(data), os.path.getsize(path)
 
 
-def main(argv=None) -> int:
-    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+@dataclass
+class DemoEvalConfig:
+    """Where the shared eval sets are read and the slices are written, and how many questions each slice has."""
+
+    shared: str = field(default=os.path.join(ROOT, "..", "shared", "data"), metadata=opt(
+        "The shared data directory (the sets are read from its eval/)."))
+    out: str = field(default=os.path.join(ROOT, "data", "demo", "eval"), metadata=opt("Output directory."))
+    per_set: int = field(default=150, metadata=opt("Questions per set (per subject group for MMLU)."))
+
+
+def parse_args(argv=None) -> DemoEvalConfig:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--shared", default=os.path.join(here, "..", "shared", "data"))
-    ap.add_argument("--out", default=os.path.join(here, "data", "demo", "eval"))
-    ap.add_argument("--per-set", type=int, default=150)
-    args = ap.parse_args(argv)
+    add_dataclass_args(ap, DemoEvalConfig, "demo eval slices")
+    return dataclass_from_args(DemoEvalConfig, ap.parse_args(argv))
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     src = {k: os.path.join(args.shared, "eval", v) for k, v in FILES.items()}
     n = args.per_set
     med, bio = set(MMLU_MEDICAL_SUBJECTS), set(MMLU_BIOLOGY_SUBJECTS)

@@ -27,9 +27,11 @@ import argparse
 import glob
 import os
 import sys
+from dataclasses import dataclass, field
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from megatron_tf.config.cli import add_dataclass_args, dataclass_from_args, opt  # noqa: E402
 from megatron_tf.evaluation.compute import CONVENTIONS  # noqa: E402
 from megatron_tf.evaluation.report import fmt_ratio, write_report  # noqa: E402
 from megatron_tf.evaluation.scaling import (  # noqa: E402
@@ -41,22 +43,30 @@ from megatron_tf.evaluation.scaling import (  # noqa: E402
 )
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--manifest", default=None, help="run manifest JSON")
-    p.add_argument("--evals", nargs="+", default=[], help="evaluation JSON files or glob patterns")
-    p.add_argument("--output-dir", required=True)
-    p.add_argument("--compute", default="paper", choices=sorted(CONVENTIONS),
-                   help="compute convention of the fits and slowdowns (see the module docstring)")
-    p.add_argument("--compare", default=None, choices=sorted(CONVENTIONS),
-                   help="second convention shown beside it (default: seen, or paper when --compute seen)")
-    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap replicates for the 95%% intervals (0: none)")
-    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
-    p.add_argument("--baseline-arm", default="none")
-    p.add_argument("--metrics", nargs="+", default=list(METRICS), choices=METRICS,
-                   help="loss: all tokens; token_loss: forget tokens on the forget set, unlabeled tokens elsewhere")
-    args = p.parse_args(argv)
+@dataclass
+class ScalingReportConfig:
+    """Which runs to read, where the report goes, and how the fits and slowdowns are computed."""
+
+    output_dir: str = field(metadata=opt("Where report.md, the plots, scaling.json and the CSVs go."))
+    manifest: str | None = field(default=None, metadata=opt("Run manifest JSON."))
+    evals: list[str] = field(default_factory=list, metadata=opt("Evaluation JSON files or glob patterns."))
+    compute: str = field(default="paper", metadata=opt(
+        "Compute convention of the fits and slowdowns (see the module docstring).", choices=sorted(CONVENTIONS)))
+    compare: str | None = field(default=None, metadata=opt(
+        "Second convention shown beside it (default: seen, or paper when --compute seen).",
+        choices=sorted(CONVENTIONS)))
+    bootstrap: int = field(default=1000, metadata=opt("Bootstrap replicates for the 95% intervals (0: none)."))
+    seed: int = field(default=0, metadata=opt("Bootstrap seed."))
+    baseline_arm: str = field(default="none", metadata=opt("Arm whose runs the scaling law is fitted on."))
+    metrics: list[str] = field(default_factory=lambda: list(METRICS), metadata=opt(
+        "loss: all tokens; token_loss: forget tokens on the forget set, unlabeled tokens elsewhere.",
+        choices=METRICS))
+
+
+def parse_args(argv=None) -> ScalingReportConfig:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_dataclass_args(p, ScalingReportConfig, "scaling report")
+    args = dataclass_from_args(ScalingReportConfig, p.parse_args(argv))
     if not args.manifest and not args.evals:
         p.error("give --manifest and/or --evals")
     return args

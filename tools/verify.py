@@ -25,11 +25,13 @@ import glob
 import os
 import sys
 import time
+from dataclasses import dataclass, field
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from megatron_tf.checkpoint.format import LATEST, CheckpointError, resolve_checkpoint_dir  # noqa: E402
 from megatron_tf.checkpoint.integrity import checkpoint_dirs, verify_checkpoint  # noqa: E402
+from megatron_tf.config.cli import add_dataclass_args, dataclass_from_args, opt  # noqa: E402
 
 
 def _rate(nbytes: int, seconds: float) -> str:
@@ -85,11 +87,25 @@ def verify_prefix(prefix: str) -> bool:
     return True
 
 
-def main(argv: list[str] | None = None) -> int:
+@dataclass
+class VerifyConfig:
+    """What to verify."""
+
+    # positional on the command line (`verify.py PATH...`; config/cli.py makes flags only): added in parse_args
+    paths: list[str] = field(metadata=opt("Dataset prefix, checkpoint directory or --save dir.", cli=False))
+    all: bool = field(default=False, metadata=opt("For a --save directory: every iter_* checkpoint in it."))
+
+
+def parse_args(argv: list[str] | None = None) -> VerifyConfig:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
-    p.add_argument("paths", nargs="+", metavar="P|CKPT", help="dataset prefix, checkpoint directory or --save dir")
-    p.add_argument("--all", action="store_true", help="for a --save directory: every iter_* checkpoint in it")
-    args = p.parse_args(argv)
+    p.add_argument("paths", nargs="+", metavar="P|CKPT",
+                   help=VerifyConfig.__dataclass_fields__["paths"].metadata["help"])
+    add_dataclass_args(p, VerifyConfig, "verify")
+    return dataclass_from_args(VerifyConfig, p.parse_args(argv))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     ok, usage_error = True, False
     for path in args.paths:
         if os.path.isdir(path):

@@ -29,9 +29,11 @@ import json
 import os
 import shutil
 import time
+from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..config.cli import add_dataclass_args, dataclass_from_args, opt
 from ..utils.io import atomic_write
 from ..utils.logging import get_logger
 
@@ -201,14 +203,21 @@ def run(out: str, seed: int = 1234, results: str | None = None, demo_dir: str | 
     return summary
 
 
+@dataclass
+class ClassifierDemoConfig:
+    """The classifier demo's command line: run's arguments."""
+
+    out: str = field(default="runs/classifier_demo", metadata=opt("Output directory (every step resumes there)."))
+    seed: int = field(default=1234, metadata=opt("Seed of the classifiers' training."))
+    results: str | None = field(default=None, metadata=opt(
+        "Also copy the summary, training report, evaluation reports and PR curves here (results/classifier_demo "
+        "holds the committed copy).", metavar="DIR"))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--out", default="runs/classifier_demo")
-    p.add_argument("--seed", type=int, default=1234)
-    p.add_argument("--results", default=None, metavar="DIR",
-                   help="also copy the summary, training report, evaluation reports and PR curves here "
-                        "(results/classifier_demo holds the committed copy)")
-    a = p.parse_args(argv)
+    add_dataclass_args(p, ClassifierDemoConfig, "classifier demo")
+    a = dataclass_from_args(ClassifierDemoConfig, p.parse_args(argv))
     run(a.out, a.seed, a.results)
     return 0
 

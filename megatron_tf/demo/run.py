@@ -23,8 +23,9 @@ import json
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
+from ..config.cli import add_dataclass_args, dataclass_from_args, opt
 from ..evaluation import EvaluationConfig, evaluate_model, write_results
 from ..tokenizer.train import TrainTokenizerConfig, train_tokenizer
 from ..utils.io import atomic_write, sha256_file
@@ -241,21 +242,29 @@ def run_demo(out_dir: str, size_name: str = "tiny", arms: tuple[str, ...] = FILT
     return {"rows": rows, "report": report, "results": results, "matched": matched}
 
 
+@dataclass
+class DemoConfig:
+    """The demo's command line (python tools/demo.py / python -m megatron_tf.demo.run): run_demo's arguments."""
+
+    out: str = field(default="runs/demo", metadata=opt("Output directory."))
+    size: str = field(default="tiny", metadata=opt("Model/budget preset (tiny: CPU).", choices=sorted(SIZES)))
+    arms: list[str] = field(default_factory=lambda: list(FILTER_MODES), metadata=opt(
+        "Arms to train and evaluate.", choices=FILTER_MODES))
+    train_tokens: int | None = field(default=None, metadata=opt("Learned tokens per arm (overrides the preset)."))
+    forget_threshold: float = field(default=0.5, metadata=opt("Forget threshold of the token filters."))
+    eval_limit: int | None = field(default=None, metadata=opt("Documents / questions per eval set (preset)."))
+    seed: int = field(default=1234, metadata=opt("Training seed."))
+    workers: int = field(default=1, metadata=opt("Preprocessing worker processes."))
+    classifier: str | None = field(default=None, metadata=opt(
+        "Filter with a biLM classifier artifact (tools/train_classifier.py; e.g. the one `python -m "
+        "megatron_tf.demo.classifier_run` trains) instead of the blocklist labels; the token-level evaluation keeps "
+        "the blocklist labels as the reference.", metavar="DIR"))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
-    p.add_argument("--size", default="tiny", choices=sorted(SIZES), help="model/budget preset (default: tiny, CPU)")
-    p.add_argument("--arms", nargs="+", default=list(FILTER_MODES), choices=FILTER_MODES)
-    p.add_argument("--train-tokens", type=int, default=None, help="learned tokens per arm (overrides the preset)")
-    p.add_argument("--forget-threshold", type=float, default=0.5)
-    p.add_argument("--eval-limit", type=int, default=None, help="documents / questions per eval set (preset)")
-    p.add_argument("--seed", type=int, default=1234)
-    p.add_argument("--workers", type=int, default=1, help="preprocessing worker processes")
-    p.add_argument("--classifier", default=None, metavar="DIR",
-                   help="filter with a biLM classifier artifact (tools/train_classifier.py; e.g. the one "
-                        "`python -m megatron_tf.demo.classifier_run` trains) instead of the blocklist labels; the "
-                        "token-level evaluation keeps the blocklist labels as the reference")
-    a = p.parse_args(argv)
+    add_dataclass_args(p, DemoConfig, "demo")
+    a = dataclass_from_args(DemoConfig, p.parse_args(argv))
     run_demo(a.out, a.size, tuple(a.arms), a.seed, a.workers, a.train_tokens, a.forget_threshold, a.eval_limit,
              a.classifier)
     return 0

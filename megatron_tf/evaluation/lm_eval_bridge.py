@@ -34,7 +34,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from megatron_tf.config.cli import opt
+from megatron_tf.config.cli import add_dataclass_args, dataclass_from_args, opt
 
 from .eval_sets import MCQSet, build_mcq_sets
 
@@ -226,14 +226,21 @@ def fold_lm_eval(result: dict, model, tokenizer, cfg: LMEvalConfig, seq_length: 
     return result
 
 
+@dataclass
+class MCQTasksConfig:
+    """The MCQ sets to write as lm-eval tasks (python -m megatron_tf.evaluation.lm_eval_bridge) and where."""
+
+    output: str = field(metadata=opt("Directory for lm_eval --include_path."))
+    mmlu: str | None = field(default=None, metadata=opt("MMLU JSONL (subject, question, choices, answer)."))
+    medqa: str | None = field(default=None, metadata=opt("MedQA JSONL (question, options, answer_idx)."))
+    medmcqa: str | None = field(default=None, metadata=opt("MedMCQA JSONL (subject, question, options, answer_idx)."))
+    limit: int | None = field(default=None, metadata=opt("Questions per set (the project's stable sample)."))
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description="Write the project's MCQ sets as local lm-evaluation-harness tasks")
-    p.add_argument("--mmlu")
-    p.add_argument("--medqa")
-    p.add_argument("--medmcqa")
-    p.add_argument("--limit", type=int, default=None, help="questions per set (the project's stable sample)")
-    p.add_argument("--output", required=True, help="directory for lm_eval --include_path")
-    args = p.parse_args(argv)
+    add_dataclass_args(p, MCQTasksConfig, "MCQ tasks")
+    args = dataclass_from_args(MCQTasksConfig, p.parse_args(argv))
     if not (args.mmlu or args.medqa or args.medmcqa):
         p.error("give at least one of --mmlu, --medqa, --medmcqa")
     names = write_mcq_tasks(build_mcq_sets(args.mmlu, args.medqa, args.medmcqa, limit=args.limit), args.output)

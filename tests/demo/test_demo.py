@@ -76,3 +76,20 @@ def test_comparison_table_marks_changes_against_none():
     assert "9.000 (+3.00)" not in text  # the filter's own labels never reach the headline table
     priv = format_privileged(rows, "half A")
     assert priv.startswith("PRIVILEGED") and "9.000 (+3.00)" in priv
+
+
+def test_main_passes_each_flag_to_run_demo(monkeypatch):
+    """python tools/demo.py's flags (DemoConfig) reach run_demo's parameters: defaults, then every flag set."""
+    from megatron_tf.demo import run as demo_run
+
+    calls = []
+    monkeypatch.setattr(demo_run, "run_demo", lambda *a, **k: calls.append((a, k)))
+    assert demo_run.main([]) == 0
+    assert calls[-1] == (("runs/demo", "tiny", ("none", "mask", "remove", "document"), 1234, 1, None, 0.5, None,
+                          None), {})
+    assert demo_run.main(["--out", "o", "--size", "small", "--arms", "mask", "document", "--train-tokens", "9",
+                          "--forget-threshold", "0.25", "--eval-limit", "3", "--seed", "7", "--workers", "2",
+                          "--classifier", "c"]) == 0
+    assert calls[-1] == (("o", "small", ("mask", "document"), 7, 2, 9, 0.25, 3, "c"), {})
+    with pytest.raises(SystemExit):
+        demo_run.main(["--arms", "bogus"])

@@ -140,3 +140,15 @@ def test_classifier_run_held_out_terms_protocol(tmp_path, demo_dir):
     with pytest.raises(ValueError, match=r"train_medical_text_document\.forget\.tokscores: annotation 'forget' was "
                                          r"made with blocklist terms_split '1/2', this protocol needs '1/3'"):
         cr.check_labels(stale)
+
+
+def test_main_passes_each_flag_to_run(monkeypatch):
+    """python -m megatron_tf.demo.classifier_run's flags (ClassifierDemoConfig) reach run's parameters."""
+    from megatron_tf.demo import classifier_run as cr
+
+    calls = []
+    monkeypatch.setattr(cr, "run", lambda *a, **k: calls.append((a, k)))
+    assert cr.main([]) == 0
+    assert calls[-1] == (("runs/classifier_demo", 1234, None), {})
+    assert cr.main(["--out", "o", "--seed", "3", "--results", "r"]) == 0
+    assert calls[-1] == (("o", 3, "r"), {})
