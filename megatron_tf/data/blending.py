@@ -144,7 +144,8 @@ class BlendedDataset(torch.utils.data.Dataset):
         else:
             build = lambda: dict(zip(("dataset_index", "dataset_sample_index"),
                                      build_blending_indices(self.weights, self.size)))
-        arrays, hit = load_or_build(cache_dir, "blend", desc, ("dataset_index", "dataset_sample_index"), build)
+        arrays, hit = load_or_build(cache_dir, "blend", desc, ("dataset_index", "dataset_sample_index"), build,
+                                    background=True)
         self.dataset_index = arrays["dataset_index"]
         self.dataset_sample_index = arrays["dataset_sample_index"]
         counts = np.bincount(np.asarray(self.dataset_index), minlength=len(datasets))

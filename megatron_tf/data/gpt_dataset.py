@@ -205,7 +205,8 @@ class GPTDataset(torch.utils.data.Dataset):
         t0 = time.perf_counter()
         arrays, hit = load_or_build(
             cache_dir, "gpt", self.description, ("document_index", "sample_index", "shuffle_index"),
-            lambda: build_indices(self.indexed.sequence_lengths, self.documents, seq_length, num_samples, seed))
+            lambda: build_indices(self.indexed.sequence_lengths, self.documents, seq_length, num_samples, seed),
+            background=True)
         self.document_index = arrays["document_index"]
         self.sample_index = arrays["sample_index"]
         self.shuffle_index = arrays["shuffle_index"]

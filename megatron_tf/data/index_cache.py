@@ -8,7 +8,11 @@ Layout in the cache directory, for a description dict `desc` of kind K ("gpt", "
 Every file (arrays and description) is written to a temporary name and fsynced, all at once in threads (ext4 then
 commits them in about one journal flush: 4 sequential fsyncs took 22-40 ms on the 2-core development machine's disk,
 4 concurrent ones 12-24 ms), then renamed into place, the description last, so a reader that sees the description
-sees complete arrays. The directory is not fsynced: an entry lost in a crash is only rebuilt. Concurrent ranks that
+sees complete arrays. The directory is not fsynced: an entry lost in a crash is only rebuilt. With background=True
+(the GPT and blending indices) the arrays are returned as soon as they are built and the same writing happens in one
+background thread of this process (so training starts while the cache is made durable; the interpreter waits for
+it at exit, and wait_for_cache_writes() waits for it explicitly); a process killed meanwhile leaves temporaries and
+no entry, which the next run rebuilds. Concurrent ranks that
 miss the cache together each build the (identical) arrays and rename them over each other; a killed writer leaves
 only temporaries, never a truncated array under a final name. Loads use `np.load(mmap_mode="r", allow_pickle=False)`;
 an entry whose arrays cannot be read (a filesystem that lost data in a crash) is logged and rebuilt.
@@ -19,8 +23,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
@@ -28,6 +33,11 @@ from ..utils.io import tmp_path_for
 from ..utils.logging import get_logger
 
 log = get_logger(__name__)
+
+# background cache writes of this process: one thread, in submission order (the interpreter joins it at exit)
+_background: ThreadPoolExecutor | None = None
+_pending: dict[str, Future] = {}  # description path -> its write
+_lock = threading.Lock()
 
 
 def description_hash(desc: dict) -> str:
@@ -48,12 +58,17 @@ def cache_paths(cache_dir: str, kind: str, desc: dict, names: tuple[str, ...]) -
 
 
 def load_or_build(cache_dir: str | None, kind: str, desc: dict, names: tuple[str, ...],
-                  build: Callable[[], dict[str, np.ndarray]]) -> tuple[dict[str, np.ndarray], bool]:
-    """Return ({name: array}, cache_hit). Builds and saves on a miss; in memory only when cache_dir is None or not
-    writable (logged)."""
+                  build: Callable[[], dict[str, np.ndarray]], background: bool = False
+                  ) -> tuple[dict[str, np.ndarray], bool]:
+    """Return ({name: array}, cache_hit). Builds and saves on a miss (in the background thread with background=True;
+    module docstring); in memory only when cache_dir is None or not writable (logged)."""
     if cache_dir is None:
         return build(), False
     paths, desc_path = cache_paths(cache_dir, kind, desc, names)
+    with _lock:
+        writing = _pending.get(desc_path)
+    if writing is not None:  # this process is still writing this entry: wait for it rather than build it again
+        writing.result()
     if os.path.isfile(desc_path) and all(os.path.isfile(p) for p in paths.values()):
         with open(desc_path, encoding="utf-8") as f:
             found = json.load(f)
@@ -65,6 +80,30 @@ def load_or_build(cache_dir: str | None, kind: str, desc: dict, names: tuple[str
         except (OSError, ValueError, EOFError) as e:
             log.warning("%s: unreadable %s index cache entry (%s); rebuilding it", desc_path, kind, e)
     arrays = build()
+    if background:
+        global _background
+        with _lock:
+            if _background is None:
+                _background = ThreadPoolExecutor(1, thread_name_prefix="index-cache")
+            _pending[desc_path] = _background.submit(_save_entry, cache_dir, kind, desc, paths, desc_path, arrays)
+    else:
+        _save_entry(cache_dir, kind, desc, paths, desc_path, arrays)
+    return arrays, False
+
+
+def wait_for_cache_writes() -> None:
+    """Wait until every background cache write of this process has finished (each logs its own failure)."""
+    with _lock:
+        pending = list(_pending.values())
+    for f in pending:
+        f.result()
+    with _lock:
+        for k in [k for k, f in _pending.items() if f.done()]:
+            del _pending[k]
+
+
+def _save_entry(cache_dir: str, kind: str, desc: dict, paths: dict[str, str], desc_path: str,
+                arrays: dict[str, np.ndarray]) -> None:
     try:
         os.makedirs(cache_dir, exist_ok=True)
         writers = [(p, lambda f, a=arrays[n]: np.save(f, np.ascontiguousarray(a), allow_pickle=False))
@@ -73,7 +112,6 @@ def load_or_build(cache_dir: str | None, kind: str, desc: dict, names: tuple[str
         _write_all_synced(writers)
     except OSError as e:
         log.warning("cannot write the %s index cache in %s (%s); keeping the indices in memory", kind, cache_dir, e)
-    return arrays, False
 
 
 def _write_all_synced(writers: list[tuple[str, Callable]]) -> None:

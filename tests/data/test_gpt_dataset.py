@@ -10,7 +10,7 @@ import pytest
 from megatron_tf.data import gpt_dataset as G
 from megatron_tf.data.builder import build_gpt_datasets
 from megatron_tf.data.config import FilterConfig, GPTDatasetConfig
-from megatron_tf.data.index_cache import cache_paths
+from megatron_tf.data.index_cache import cache_paths, wait_for_cache_writes
 
 from .gpt_synth import make_prefix, random_docs, tokenizer
 
@@ -199,12 +199,14 @@ def test_cache_ignores_incomplete_entries(tmp_path):
     prefix, _ = make_prefix(tmp_path, "d", random_docs(rng, 20))
     cfg = _cfg(prefix, tmp_path)
     ds = build_gpt_datasets(cfg, FilterConfig(), tokenizer(), [30, None, None]).train
+    wait_for_cache_writes()  # the indices are written in the background (index_cache.py)
     paths, desc = cache_paths(cfg.data_cache_path, "gpt", ds.description,
                               ("document_index", "sample_index", "shuffle_index"))
     os.remove(desc)
     with open(paths["sample_index"], "wb") as f:  # garbage where a partial write might have been
         f.write(b"junk")
     ds2 = build_gpt_datasets(cfg, FilterConfig(), tokenizer(), [30, None, None]).train
+    wait_for_cache_writes()
     np.testing.assert_array_equal(ds.sample_index, ds2.sample_index)
     assert os.path.isfile(desc)
     loaded = np.load(paths["sample_index"], allow_pickle=False)
@@ -225,10 +227,40 @@ def test_cache_rebuilds_unreadable_arrays(tmp_path):
     prefix, _ = make_prefix(tmp_path, "d", random_docs(rng, 20))
     cfg = _cfg(prefix, tmp_path)
     ds = build_gpt_datasets(cfg, FilterConfig(), tokenizer(), [30, None, None]).train
+    wait_for_cache_writes()  # the indices are written in the background (index_cache.py)
     paths, desc = cache_paths(cfg.data_cache_path, "gpt", ds.description,
                               ("document_index", "sample_index", "shuffle_index"))
     with open(paths["shuffle_index"], "r+b") as f:
         f.truncate(20)  # inside the .npy header
     ds2 = build_gpt_datasets(cfg, FilterConfig(), tokenizer(), [30, None, None]).train
+    wait_for_cache_writes()
     np.testing.assert_array_equal(ds.shuffle_index, ds2.shuffle_index)
     np.testing.assert_array_equal(np.load(paths["shuffle_index"], allow_pickle=False), ds.shuffle_index)
+
+
+def test_background_cache_write_is_complete_and_reused_in_process(tmp_path, monkeypatch):
+    """The indices come back before their cache files are durable; a second build of the same entry in the same
+    process waits for that write instead of building again, and the files hold the returned arrays."""
+    import threading
+
+    from megatron_tf.data import index_cache
+
+    rng = np.random.default_rng(7)
+    prefix, _ = make_prefix(tmp_path, "d", random_docs(rng, 20))
+    cfg = _cfg(prefix, tmp_path)
+    gate = threading.Event()
+    real = index_cache._write_all_synced
+    monkeypatch.setattr(index_cache, "_write_all_synced", lambda w: (gate.wait(30), real(w)))
+    calls = []
+    real_build = G.build_indices
+    monkeypatch.setattr(G, "build_indices", lambda *a, **k: calls.append(1) or real_build(*a, **k))
+    ds = build_gpt_datasets(cfg, FilterConfig(), tokenizer(), [30, None, None]).train
+    paths, desc = cache_paths(cfg.data_cache_path, "gpt", ds.description,
+                              ("document_index", "sample_index", "shuffle_index"))
+    assert not os.path.exists(desc)  # returned while the write waits at the gate
+    threading.Timer(0.2, gate.set).start()
+    ds2 = build_gpt_datasets(cfg, FilterConfig(), tokenizer(), [30, None, None]).train
+    assert len(calls) == 1 and isinstance(ds2.sample_index, np.memmap)  # waited, then loaded the files
+    wait_for_cache_writes()
+    for name in ("document_index", "sample_index", "shuffle_index"):
+        np.testing.assert_array_equal(np.load(paths[name], allow_pickle=False), getattr(ds, name))
