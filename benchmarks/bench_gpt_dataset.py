@@ -267,6 +267,9 @@ def bench_index(prefix, ds, tok, args, have_mc, tmp) -> tuple[dict, dict, list]:
     rows, build, arrays = [], {}, {}
     seed = os.path.join(tmp, "scanned")  # the once-per-dataset token-id range scan, done
     ours(prefix, 2048, 10, seed, tok)
+    from megatron_tf.data.index_cache import wait_for_cache_writes
+
+    wait_for_cache_writes()
     for name in os.listdir(seed):
         if "-tokrange-" not in name:
             os.remove(os.path.join(seed, name))
