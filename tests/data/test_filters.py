@@ -191,13 +191,17 @@ def test_the_loader_logs_which_sidecar_files_it_reads(corpus):
     tmp, prefix, docs, q = corpus
     seen = []
     handler = logging.Handler(logging.INFO)
-    handler.emit = seen.append
-    logging.getLogger("megatron_tf").addHandler(handler)
+    handler.emit = seen.append  # the package logger does not propagate to pytest's caplog
+    pkg = logging.getLogger("megatron_tf")
+    level = pkg.level  # the package logger's level is set once per process, by rank: INFO must reach the handler
+    pkg.setLevel(logging.INFO)
+    pkg.addHandler(handler)
     try:
         build(prefix, tmp, FilterConfig(token_filter="mask", forget_threshold=0.5))
         build(prefix, tmp, FilterConfig(token_filter="document", document_threshold=0.5))
     finally:
-        logging.getLogger("megatron_tf").removeHandler(handler)
+        pkg.removeHandler(handler)
+        pkg.setLevel(level)
     msgs = [r.getMessage() for r in seen]
     assert f"{prefix}: forget flags from token scores {prefix}.forget.tokscores at threshold 0.5" in msgs, msgs
     assert f"{prefix}: document score mean_score from {prefix}.forget.docscores" in msgs, msgs
