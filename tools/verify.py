@@ -91,15 +91,13 @@ def verify_prefix(prefix: str) -> bool:
 class VerifyConfig:
     """What to verify."""
 
-    # positional on the command line (`verify.py PATH...`; config/cli.py makes flags only): added in parse_args
-    paths: list[str] = field(metadata=opt("Dataset prefix, checkpoint directory or --save dir.", cli=False))
+    paths: list[str] = field(metadata=opt("Dataset prefix, checkpoint directory or --save dir.", positional=True,
+                                          metavar="P|CKPT"))
     all: bool = field(default=False, metadata=opt("For a --save directory: every iter_* checkpoint in it."))
 
 
 def parse_args(argv: list[str] | None = None) -> VerifyConfig:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
-    p.add_argument("paths", nargs="+", metavar="P|CKPT",
-                   help=VerifyConfig.__dataclass_fields__["paths"].metadata["help"])
     add_dataclass_args(p, VerifyConfig, "verify")
     return dataclass_from_args(VerifyConfig, p.parse_args(argv))
 

@@ -13,8 +13,8 @@ after it (`num_layers` -> `--num-layers`, Megatron-LM's spelling), with help tex
     cfg = dataclass_from_args(ModelConfig, parser.parse_args())
 
 `opt(..., flag="--other-name", aliases=("--alias",))` renames a flag; `opt(..., cli=False)` keeps a field off the
-command line. bool fields get `--x/--no-x`; list fields take several values (`nargs="+"`); a field without a default
-is a required flag.
+command line; `opt(..., positional=True)` makes it a positional argument (`tool.py PATH...`). bool fields get
+`--x/--no-x`; list fields take several values (`nargs="+"`); a field without a default is a required flag.
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ from typing import Any
 
 
 def opt(help: str, *, flag: str | None = None, aliases: tuple[str, ...] = (), choices=None, cli: bool = True,
-        metavar: str | None = None) -> dict:
+        metavar: str | None = None, positional: bool = False) -> dict:
     return {"help": help, "flag": flag, "aliases": tuple(aliases), "choices": choices, "cli": cli,
-            "metavar": metavar}
+            "metavar": metavar, "positional": positional}
 
 
 def _flag(f: dataclasses.Field) -> str:
@@ -61,11 +61,13 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls, title: str | None =
         required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
-        names = [_flag(f), *md.get("aliases", ())]
+        positional = md.get("positional", False)
+        names = [f.name] if positional else [_flag(f), *md.get("aliases", ())]
         help_text = ((md.get("help") or "") + ("" if required else f" (default: {default})")).replace("%", "%%")
-        kw: dict[str, Any] = {"dest": f.name, "help": help_text,
-                              "default": argparse.SUPPRESS}
-        if required:  # a field without a default is a required flag
+        kw: dict[str, Any] = {"help": help_text, "default": argparse.SUPPRESS}
+        if not positional:
+            kw["dest"] = f.name
+        if required and not positional:  # a field without a default is a required flag (a positional always is)
             kw["required"] = True
         if md.get("metavar"):
             kw["metavar"] = md["metavar"]

@@ -17,6 +17,18 @@ ROOT = Path(__file__).resolve().parents[2]
 SP_MODEL = ROOT / "data" / "demo" / "tokenizer" / "demo_sp.model"
 
 
+@pytest.fixture(autouse=True)
+def _keep_log_levels():
+    """bench main() quiets the package loggers for its own output: give them back to the tests that follow."""
+    import logging
+
+    loggers = [logging.getLogger(n) for n in ("megatron_tf", "megatron.core")]
+    levels = [lg.level for lg in loggers]
+    yield
+    for lg, level in zip(loggers, levels):
+        lg.setLevel(level)
+
+
 def _bench():
     spec = importlib.util.spec_from_file_location("bench_gpt_dataset", ROOT / "benchmarks" / "bench_gpt_dataset.py")
     mod = importlib.util.module_from_spec(spec)

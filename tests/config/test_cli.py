@@ -37,3 +37,18 @@ def test_a_field_without_default_is_a_required_flag(capsys):
     assert e.value.code == 2 and "--output-dir" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         _parse(["--load", "a", "--output-dir", "o", "--device", "gpu"])  # not a choice
+
+
+@dataclass
+class Paths:
+    paths: list[str] = field(metadata=opt("Inputs.", positional=True, metavar="P"))
+    all: bool = field(default=False, metadata=opt("Every one."))
+
+
+def test_positional_fields(capsys):
+    p = argparse.ArgumentParser()
+    add_dataclass_args(p, Paths)
+    assert dataclass_from_args(Paths, p.parse_args(["a", "b", "--all"])) == Paths(["a", "b"], True)
+    with pytest.raises(SystemExit):
+        p.parse_args(["--all"])
+    assert "the following arguments are required: P" in capsys.readouterr().err
