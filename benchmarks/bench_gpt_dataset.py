@@ -407,39 +407,44 @@ def main(argv=None) -> int:
         print("native index helpers unavailable: the compiled-loop rows run the no-compiler paths")
 
     tmp = tempfile.mkdtemp(prefix="bench_gpt_")
-    prefix = args.data_prefix
-    if prefix is None:
-        prefix = os.path.join(tmp, "synthetic")
-        t = time.perf_counter()
-        make_synthetic(prefix, int(args.tokens))
-        print(f"synthetic dataset: {IndexedDataset(prefix).num_tokens} tokens in {time.perf_counter() - t:.1f} s")
-    ds = IndexedDataset(prefix)
-    rows, results = [], {"machine": machine_info(), "command": " ".join([os.path.basename(sys.argv[0])] +
-                                                                        sys.argv[1:]),
-                         "data": {"prefix": args.data_prefix or "synthetic", "tokens": ds.num_tokens,
-                                  "documents": ds.num_documents, "tokenizer": type(tok).__name__,
-                                  "tokenizer_model": getattr(tok, "path", None)},
-                         "reps": args.reps}
-    if not args.skip_fetch:
-        results["fetch_us_per_sample"], r = bench_fetch(prefix, tok, args, have_mc, tmp)
+    try:
+        prefix = args.data_prefix
+        if prefix is None:
+            prefix = os.path.join(tmp, "synthetic")
+            t = time.perf_counter()
+            make_synthetic(prefix, int(args.tokens))
+            print(f"synthetic dataset: {IndexedDataset(prefix).num_tokens} tokens in {time.perf_counter() - t:.1f} s")
+        ds = IndexedDataset(prefix)
+        rows, results = [], {"machine": machine_info(), "command": " ".join([os.path.basename(sys.argv[0])] +
+                                                                            sys.argv[1:]),
+                             "data": {"prefix": args.data_prefix or "synthetic", "tokens": ds.num_tokens,
+                                      "documents": ds.num_documents, "tokenizer": type(tok).__name__,
+                                      "tokenizer_model": getattr(tok, "path", None)},
+                             "reps": args.reps}
+        if not args.skip_fetch:
+            results["fetch_us_per_sample"], r = bench_fetch(prefix, tok, args, have_mc, tmp)
+            rows += r
+        results["index_build_ms"], results["index_arrays_ms"], r = bench_index(prefix, ds, tok, args, have_mc, tmp)
         rows += r
-    results["index_build_ms"], results["index_arrays_ms"], r = bench_index(prefix, ds, tok, args, have_mc, tmp)
-    rows += r
-    results["blending_index_ms"], r = bench_blending(args, have_mc)
-    rows += r
+        results["blending_index_ms"], r = bench_blending(args, have_mc)
+        rows += r
 
-    w = max(len(r[0]) for r in rows)
-    w2 = max(len(r[1]) for r in rows)
-    for r in rows:
-        print(f"{r[0]:{w}s}  {r[1]:{w2}s}  {r[2]}")
-    out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                                   f"gpt_dataset_{platform.node() or 'host'}.json")
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    with open(out + ".tmp", "w") as f:
-        json.dump(results, f, indent=1)
-    os.replace(out + ".tmp", out)
-    print(f"wrote {out}")
-    shutil.rmtree(tmp, ignore_errors=True)
+        w = max(len(r[0]) for r in rows)
+        w2 = max(len(r[1]) for r in rows)
+        for r in rows:
+            print(f"{r[0]:{w}s}  {r[1]:{w2}s}  {r[2]}")
+        out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
+                                       f"gpt_dataset_{platform.node() or 'host'}.json")
+        os.makedirs(os.path.dirname(out), exist_ok=True)
+        with open(out + ".tmp", "w") as f:
+            json.dump(results, f, indent=1)
+        os.replace(out + ".tmp", out)
+        print(f"wrote {out}")
+    finally:
+        from megatron_tf.data.index_cache import wait_for_cache_writes
+
+        wait_for_cache_writes()  # background index-cache writes into tmp must not recreate it after the removal
+        shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
 

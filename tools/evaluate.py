@@ -94,15 +94,17 @@ def parse_args(argv=None) -> ToolArgs:
 
 
 def load_checkpoint(path: str, device: torch.device | str = "cpu"):
-    """(model, configs, tokenizer, state): the whole model, the run's saved configs (a dict by section), its
-    tokenizer (None when its file moved) and its state.json (iteration, tokens seen / learned; {} when absent)."""
+    """(model, configs, tokenizer, state, dataset_stats): the whole model, the run's saved configs (a dict by
+    section), its tokenizer (None when its file moved), its state.json (iteration, tokens seen / learned; {} when
+    absent) and the dataset statistics the trainer saved in config.json (per split: tokens, tokens_filtered_fraction,
+    ...; {} for checkpoints without them)."""
     if not os.path.isdir(path):
         raise SystemExit(f"tools/evaluate.py: checkpoint directory not found: {path}")
     try:
         m = load_model(path, device=device)
     except CheckpointError as e:
         raise SystemExit(f"tools/evaluate.py: {e}") from e
-    return m.model, m.run.configs, m.tokenizer, m.run.state
+    return m.model, m.run.configs, m.tokenizer, m.run.state, m.run.config.get("dataset_stats", {})
 
 
 def default_run_name(path: str) -> str:
@@ -115,7 +117,8 @@ def default_run_name(path: str) -> str:
 def evaluate_checkpoint(path: str, args: ToolArgs, name: str) -> dict:
     t, cfg = args.tool, args.evaluation
     device = torch.device(resolve_device(t.device))
-    model, configs, tokenizer, state = load_checkpoint(path, device)
+    model, configs, tokenizer, state, *stats = load_checkpoint(path, device)
+    train_stats = (stats[0] if stats else {}).get("train") or {}
     if args.tokenizer.tokenizer_type:
         tokenizer = args.tokenizer.build()
     if tokenizer is None:
@@ -131,6 +134,8 @@ def evaluate_checkpoint(path: str, args: ToolArgs, name: str) -> dict:
            "iteration": meta.get("iteration"), "train_tokens_count": meta.get("train_tokens_count", "learned"),
            "tokens_seen": t.tokens_seen if t.tokens_seen is not None else meta.get("tokens_seen"),
            "tokens_learned": t.tokens_learned if t.tokens_learned is not None else meta.get("tokens_learned")}
+    if train_stats.get("tokens_filtered_fraction") is not None:  # the achieved filtered share (threshold frontier)
+        run["tokens_filtered_fraction"] = float(train_stats["tokens_filtered_fraction"])
     result = evaluate_model(model, tokenizer, cfg, seq_length=int(seq_length), run=run,
                             progress=t.progress, predictions=t.save_predictions, train_configs=configs)
     return fold_lm_eval(result, model, tokenizer, args.lm_eval, int(seq_length), t.output_dir, name)

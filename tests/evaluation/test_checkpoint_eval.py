@@ -61,6 +61,9 @@ def test_tp2_checkpoint(tmp_path):
     tp2 = json.load(open(os.path.join(tmp, "tp2.json")))
     assert merged["run"]["arm"] == "mask" and merged["run"]["iteration"] == 1
     assert merged["run"]["tokens_seen"] == 8 * 16 and 0 < merged["run"]["tokens_learned"] < 8 * 16
+    saved = json.load(open(os.path.join(tmp, "ckpt", "tp2-mask", "iter_0000001", "config.json")))
+    share = saved["dataset_stats"]["train"]["tokens_filtered_fraction"]  # what the trainer logged for its split
+    assert 0 < share < 1 and merged["run"]["tokens_filtered_fraction"] == share
     assert merged["settings"]["seq_length"] == 16 and merged["settings"]["tensor_parallel_size"] == 1
     assert tp2["settings"]["tensor_parallel_size"] == 2
     for name in ("forget", "retain"):

@@ -45,7 +45,7 @@ def test_evaluate_tool(inputs, monkeypatch, capsys):
 
     def fake_load(path, device):
         calls.append(path)
-        return _model(), CONFIGS, demo_tokenizer(), STATE
+        return _model(), CONFIGS, demo_tokenizer(), STATE, {"train": {"tokens_filtered_fraction": 0.0123}}
 
     monkeypatch.setattr(evaluate_tool, "load_checkpoint", fake_load)
     assert evaluate_tool.main(_argv(t, "--size", "tiny")) == 0
@@ -55,6 +55,7 @@ def test_evaluate_tool(inputs, monkeypatch, capsys):
     assert res["run"]["name"] == "run7" and res["run"]["arm"] == "mask" and res["run"]["size"] == "tiny"
     assert (res["run"]["tokens_seen"], res["run"]["tokens_learned"], res["run"]["iteration"]) == (1000, 900, 5)
     assert res["settings"]["seq_length"] == 24
+    assert res["run"]["tokens_filtered_fraction"] == 0.0123  # the trainer's train-split statistic, for the frontier
     assert res["loss"]["forget"]["labels"][0]["threshold"] == 0.5
     # the same numbers as the in-process API
     cfg = EvaluationConfig(forget_text=[str(t / "med.jsonl")], retain_text=[str(t / "bio.jsonl")],
