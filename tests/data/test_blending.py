@@ -17,6 +17,7 @@ from megatron_tf.data.blending import (
 )
 from megatron_tf.data.builder import build_gpt_datasets, split_matrix, split_range
 from megatron_tf.data.config import FilterConfig, GPTDatasetConfig
+from tests.log_utils import captured_log
 
 from .gpt_synth import make_prefix, random_docs, tokenizer
 
@@ -304,14 +305,8 @@ def test_separate_split_paths(two_prefixes):
 def test_document_filter_that_empties_a_component(tmp_path):
     """A blend component whose every document the document filter drops leaves the blend with a warning (the other
     weights take its share, its stats still count it); a single dataset emptied that way is a clear error."""
-    import logging
 
     from megatron_tf.data.builder import AllDocumentsFiltered
-
-    records = []
-    handler = logging.Handler()
-    handler.emit = lambda r: records.append(r.getMessage())
-    logging.getLogger("megatron_tf.data.builder").addHandler(handler)
 
     rng = np.random.default_rng(9)
     docs_a, docs_b = random_docs(rng, 40, 40), random_docs(rng, 60, 30)
@@ -322,10 +317,8 @@ def test_document_filter_that_empties_a_component(tmp_path):
     fcfg = FilterConfig(token_filter="document", document_threshold=0.5)
     cfg = GPTDatasetConfig(data_path=["3", a, "7", b], split="1,0,0", seq_length=16, seed=1,
                            data_cache_path=str(tmp_path / "cache"))
-    try:
+    with captured_log("megatron_tf.data.builder") as records:
         res = build_gpt_datasets(cfg, fcfg, tokenizer(), [200, None, None])
-    finally:
-        logging.getLogger("megatron_tf.data.builder").removeHandler(handler)
     train = res.train
     assert len(train.datasets) == 1 and train.datasets[0].source.prefix == b
     assert len(train) == 200 and {int(train[i]["dataset_id"]) for i in range(0, 200, 7)} == {0}

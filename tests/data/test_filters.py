@@ -16,6 +16,7 @@ from megatron_tf.data.config import FilterConfig, GPTDatasetConfig
 from megatron_tf.data.filters import SampleFilter, open_forget_flags, uniform_hash
 from megatron_tf.data.sidecar import KIND_TOKEN_MASK, KIND_TOKEN_SCORES, SidecarError
 from megatron_tf.tokenizer.tokenizer import TokenizerError
+from tests.log_utils import captured_log
 
 from .gpt_synth import EOD, HIDDEN, PAD, forget_pattern, make_prefix, random_docs, tokenizer
 
@@ -168,16 +169,9 @@ def test_stale_bit_mask_is_ignored(tmp_path):
     new = np.where(rng.random(n) < 0.1, 255, 0).astype(np.uint8)  # the re-annotation: other labels
     write_token_scores(ds, new, {"labeler": "new"})
     mask_path, scores_path = sidecar_path(prefix, KIND_TOKEN_MASK), sidecar_path(prefix, KIND_TOKEN_SCORES)
-    seen = []
-    handler = logging.Handler(logging.WARNING)
-    handler.emit = seen.append
-    logging.getLogger("megatron_tf").addHandler(handler)
-    try:
+    with captured_log(level=logging.WARNING) as msgs:
         train = build(prefix, tmp_path, FilterConfig(token_filter="mask", forget_threshold=0.5)).train
-    finally:
-        logging.getLogger("megatron_tf").removeHandler(handler)
     check_all_positions(train, docs, new, 128, "mask")  # before the fix: the old mask's flags
-    msgs = [r.getMessage() for r in seen]
     assert any("IGNORING STALE BIT MASK" in m and mask_path in m and scores_path in m for m in msgs), msgs
     with pytest.raises(SidecarError, match=rf"stale bit mask {re.escape(mask_path)}: .*Pass --forget-threshold"):
         build(prefix, tmp_path, FilterConfig(token_filter="remove"))
@@ -189,20 +183,9 @@ def test_stale_bit_mask_is_ignored(tmp_path):
 
 def test_the_loader_logs_which_sidecar_files_it_reads(corpus):
     tmp, prefix, docs, q = corpus
-    seen = []
-    handler = logging.Handler(logging.INFO)
-    handler.emit = seen.append  # the package logger does not propagate to pytest's caplog
-    pkg = logging.getLogger("megatron_tf")
-    level = pkg.level  # the package logger's level is set once per process, by rank: INFO must reach the handler
-    pkg.setLevel(logging.INFO)
-    pkg.addHandler(handler)
-    try:
+    with captured_log() as msgs:
         build(prefix, tmp, FilterConfig(token_filter="mask", forget_threshold=0.5))
         build(prefix, tmp, FilterConfig(token_filter="document", document_threshold=0.5))
-    finally:
-        pkg.removeHandler(handler)
-        pkg.setLevel(level)
-    msgs = [r.getMessage() for r in seen]
     assert f"{prefix}: forget flags from token scores {prefix}.forget.tokscores at threshold 0.5" in msgs, msgs
     assert f"{prefix}: document score mean_score from {prefix}.forget.docscores" in msgs, msgs
 

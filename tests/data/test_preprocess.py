@@ -19,6 +19,7 @@ import sentencepiece as spm
 from megatron_tf.data import preprocess as pp
 from megatron_tf.data.indexed_dataset import IndexedDataset, dataset_exists, dataset_fingerprint, write_dataset
 from megatron_tf.data.preprocess import PreprocessConfig, PreprocessError, preprocess
+from tests.log_utils import captured_log
 from tests.proc_utils import wait_for_file
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -412,16 +413,9 @@ def test_empty_input_warns_loudly(tmp_path):
     src = tmp_path / "empty.jsonl"
     src.write_bytes(b"")
     blank = write_jsonl(tmp_path / "blank.jsonl", ["", "   "])
-    seen = []
-    handler = logging.Handler(logging.WARNING)
-    handler.emit = seen.append  # the package logger does not propagate to pytest's caplog
-    logging.getLogger("megatron_tf").addHandler(handler)
-    try:
+    with captured_log(level=logging.WARNING) as warn:
         prefix, metas = run(tmp_path, [src, blank])
-    finally:
-        logging.getLogger("megatron_tf").removeHandler(handler)
     assert metas["text"]["counts"]["documents"] == 0
-    warn = [r.getMessage() for r in seen]
     assert any("EMPTY DATASET" in w and prefix + ".bin" in w and "empty.jsonl" in w and "0 documents" in w
                for w in warn), warn
 

@@ -2,9 +2,7 @@
 parse_line does (values, bad-line kinds and details), and HF byte-level BPE preprocessing through the chunk cache
 writes the tokenizer's own ids, for any worker count and block size."""
 
-import contextlib
 import json
-import logging
 import os
 
 import numpy as np
@@ -16,6 +14,7 @@ from megatron_tf.data.preprocess import PreprocessConfig, preprocess
 from megatron_tf.tokenizer.tokenizer import HFTokenizer
 from megatron_tf.tokenizer.train import TrainTokenizerConfig, train_tokenizer
 from tests.data.test_preprocess import SP_MODEL, TEXTS, corpus, write_jsonl
+from tests.log_utils import captured_log
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -51,18 +50,9 @@ def hf_json(tmp_path_factory):
     return out
 
 
-@contextlib.contextmanager
 def preprocess_log():
-    """The preprocess logger's messages (it does not propagate to pytest's caplog)."""
-    lines: list[str] = []
-    h = logging.Handler(logging.INFO)
-    h.emit = lambda r: lines.append(r.getMessage())
-    logger = logging.getLogger("megatron_tf.preprocess")
-    logger.addHandler(h)
-    try:
-        yield lines
-    finally:
-        logger.removeHandler(h)
+    """The preprocess logger's messages."""
+    return captured_log("megatron_tf.preprocess")
 
 
 def _run(tmp_path, src, tok_path, name, **kw):

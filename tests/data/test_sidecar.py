@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import re
@@ -34,6 +35,7 @@ from megatron_tf.data.sidecar import (
     write_token_mask,
     write_token_scores,
 )
+from tests.log_utils import captured_log
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DOC = os.path.join(REPO, "docs", "sidecar_format.md")
@@ -311,16 +313,6 @@ def test_write_validates_shapes(example):
 
 
 # ---- payload checksums, version 1 files, verify_sidecars (issue 14, item 8) ------------------------------------
-def _log_records(level=30):
-    import logging
-
-    seen = []
-    handler = logging.Handler(level)
-    handler.emit = seen.append  # the package logger does not propagate to pytest's caplog
-    logging.getLogger("megatron_tf").addHandler(handler)
-    return seen, lambda: logging.getLogger("megatron_tf").removeHandler(handler)
-
-
 def _flip_payload_byte(path: str, k: int = 0) -> None:
     h = read_header(path)
     with open(path, "r+b") as f:
@@ -379,14 +371,10 @@ def test_version_1_files_are_read_with_a_warning(example):
     from megatron_tf.data.sidecar import verify_sidecars
 
     path = _write_v1(example, bytes([0, 51, 255, 128, 191]))
-    seen, done = _log_records()
-    try:
+    with captured_log(level=logging.WARNING) as msgs:
         ts = TokenScores(path, example)
         assert verify_sidecars(example.path_prefix) == []  # nothing it could check
-    finally:
-        done()
     assert ts.q.tolist() == [0, 51, 255, 128, 191] and ts.header.version == 1 and ts.header.checksum is None
-    msgs = [r.getMessage() for r in seen]
     assert any(path in m and "has no payload checksum" in m and "re-run tools/annotate.py" in m for m in msgs), msgs
 
 

@@ -5,7 +5,6 @@ tests/ops/test_cross_entropy_cuda.py."""
 
 from __future__ import annotations
 
-import logging
 import sys
 import types
 
@@ -14,28 +13,14 @@ import torch
 
 from megatron_tf.ops import cross_entropy as fused_ce
 from megatron_tf.parallel import cross_entropy as ce
-
-
-class _Capture(logging.Handler):
-    def __init__(self):
-        super().__init__()
-        self.messages: list[str] = []
-
-    def emit(self, record):
-        self.messages.append(record.getMessage())
+from tests.log_utils import captured_log
 
 
 @pytest.fixture
 def log_capture(monkeypatch):
     monkeypatch.setattr(fused_ce, "_logged", set())
-    handler = _Capture()
-    logger = logging.getLogger("megatron_tf.ops.cross_entropy")
-    logger.addHandler(handler)
-    old = logger.level
-    logger.setLevel(logging.INFO)
-    yield handler.messages
-    logger.removeHandler(handler)
-    logger.setLevel(old)
+    with captured_log("megatron_tf.ops.cross_entropy") as messages:
+        yield messages
 
 
 def test_auto_on_cpu_uses_torch_and_logs_once(log_capture):

@@ -3,7 +3,6 @@ dropout on); on-disk layout and formats; layout mismatches refused; a changed da
 unless --override-data-config; single-process loading of the merged model; tools/export_hf.py --load."""
 
 import json
-import logging
 import os
 import signal
 import subprocess
@@ -17,6 +16,7 @@ from megatron_tf.checkpoint import load_model
 from megatron_tf.checkpoint.format import CheckpointError
 from megatron_tf.checkpoint.integrity import file_entry
 from megatron_tf.training import pretrain
+from tests.log_utils import captured_log
 from tests.training.synth import make_data, tiny_args
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*meta.json not found")
@@ -165,22 +165,11 @@ def test_resume_with_changed_data_or_filter_is_refused_unless_overridden(data, t
         pretrain(tiny_args(data, iters=2, extra=["--save", masked, "--load", masked, "--eval-iters", "0",
                                                  "--token-filter", "mask", "--forget-threshold", "0.25"]))
     # overridden: resumes, and each difference is logged against the saved config
-    seen = []
-    handler = logging.Handler(logging.INFO)
-    handler.emit = seen.append  # the package logger does not propagate to pytest's caplog
-    pkg = logging.getLogger("megatron_tf")
-    level = pkg.level  # another test in this worker may have raised it: INFO lines must reach the handler
-    pkg.setLevel(logging.INFO)
-    pkg.addHandler(handler)
-    try:
+    with captured_log() as logged:
         r = pretrain(tiny_args(data, iters=2, extra=["--save", save, "--load", save, "--eval-iters", "0",
                                                      "--token-filter", "mask", "--forget-threshold", "0.5",
                                                      "--override-data-config"]))
-    finally:
-        pkg.removeHandler(handler)
-        pkg.setLevel(level)
     assert r.iterations == [2]
-    logged = [m.getMessage() for m in seen]
     assert any("filter.token_filter differs: checkpoint 'none', now 'mask'" in m for m in logged), logged
     assert any("filter.forget_threshold differs: checkpoint None, now 0.5" in m for m in logged), logged
     assert any("training.train_iters differs: checkpoint 1, now 2" in m for m in logged), logged

@@ -1,8 +1,6 @@
 """Resume config checks across the loss section's rename (config.json "xent" -> "cross_entropy"): a checkpoint saved
 before the rename loads into Configs with its loss settings and resumes without a spurious or a missed difference."""
 
-import contextlib
-import logging
 
 import pytest
 
@@ -10,6 +8,7 @@ from megatron_tf.checkpoint.integrity import CheckpointError
 from megatron_tf.parallel.cross_entropy import CrossEntropyConfig
 from megatron_tf.training.arguments import Configs
 from megatron_tf.training.resume import check_run_config, config_differences
+from tests.log_utils import captured_log
 
 
 def _old_style(cfgs: Configs, impl: str) -> dict:
@@ -19,21 +18,9 @@ def _old_style(cfgs: Configs, impl: str) -> dict:
     return d
 
 
-@contextlib.contextmanager
 def _resume_log():
-    """The messages resume.py logs (the package logger does not propagate to pytest's caplog)."""
-    logger = logging.getLogger("megatron_tf.training.resume")
-    records: list[str] = []
-    handler = logging.Handler(logging.INFO)
-    handler.emit = lambda r: records.append(r.getMessage())
-    old_level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    try:
-        yield records
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(old_level)
+    """The messages resume.py logs."""
+    return captured_log("megatron_tf.training.resume")
 
 
 def test_old_xent_section_round_trips():
