@@ -18,7 +18,6 @@ paths with the same results (logged once).
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import os
 import shlex
 import shutil
@@ -27,6 +26,7 @@ import tempfile
 from pathlib import Path
 
 from ..utils.logging import get_logger
+from ..utils.native_build import build_once, cached_library_path
 
 log = get_logger(__name__)
 
@@ -117,21 +117,13 @@ _tried = False
 
 
 def library_path() -> Path:
-    digest = hashlib.sha256(C_SOURCE.encode()).hexdigest()[:16]
-    cache = Path(os.environ.get("MEGATRON_TF_CACHE", Path.home() / ".cache" / "megatron_tf"))
-    return cache / f"libmtf_native_{digest}.so"
+    return cached_library_path("libmtf_native", C_SOURCE.encode())
 
 
 def build_library(out: Path | None = None) -> Path:
     """Compile C_SOURCE into the shared library `out` (default library_path(); temporary name, then rename) unless it
     exists; returns its path."""
-    out = out or library_path()
-    if out.exists():
-        return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
-        os.replace(_compile(tmp, out.name), out)
-    return out
+    return build_once(out or library_path(), _compile)
 
 
 def _compile(directory: str, name: str) -> str:

@@ -21,11 +21,9 @@ GEMM main loop (set_pipeline).
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import os
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
 import torch
@@ -33,6 +31,7 @@ import torch
 from megatron_tf.ops.fused_linear_cross_entropy import compact_rows, uncompact
 from megatron_tf.ops.row_stats import combine_row_stats, gather_row_stats
 from megatron_tf.utils.logging import get_logger
+from megatron_tf.utils.native_build import build_once, cached_library_path
 
 CSRC = Path(__file__).resolve().parents[2] / "csrc"
 SOURCES = ("fused_linear_cross_entropy.cu", "fused_linear_cross_entropy.h")
@@ -63,32 +62,28 @@ def _nvcc() -> str | None:
 
 
 def library_path(arch: str) -> Path:
-    digest = hashlib.sha256(b"".join((CSRC / s).read_bytes() for s in SOURCES)).hexdigest()[:16]
-    cache = Path(os.environ.get("MEGATRON_TF_CACHE", Path.home() / ".cache" / "megatron_tf"))
-    return cache / f"libflce_{digest}_sm{arch}.so"
+    return cached_library_path("libflce", b"".join((CSRC / s).read_bytes() for s in SOURCES), f"_sm{arch}")
 
 
 def build_library(arch: str, out: Path | None = None) -> Path:
     """Compile csrc/fused_linear_cross_entropy.cu for sm_<arch> into a shared library (atomic write); returns its
     path."""
     out = out or library_path(arch)
-    if out.exists():
-        return out
     nvcc = _nvcc()
-    if nvcc is None:
+    if nvcc is None and not out.exists():
         raise RuntimeError("nvcc not found (PATH, $CUDA_HOME/bin): cannot build csrc/fused_linear_cross_entropy.cu")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=out.name + ".", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    cmd = [nvcc, "-O3", "-std=c++17", "-shared", "-Xcompiler", "-fPIC", "-cudart", "shared",
-           f"-gencode=arch=compute_{arch},code=sm_{arch}", f"-I{CSRC}", str(CSRC / "fused_linear_cross_entropy.cu"),
-           "-o", tmp]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        os.unlink(tmp)
-        raise RuntimeError(f"nvcc failed building {out.name} (rc {proc.returncode}): {proc.stderr[-2000:]}")
-    os.replace(tmp, out)
-    return out
+
+    def compile_into(directory: str, name: str) -> str:
+        lib = os.path.join(directory, name)
+        cmd = [nvcc, "-O3", "-std=c++17", "-shared", "-Xcompiler", "-fPIC", "-cudart", "shared",
+               f"-gencode=arch=compute_{arch},code=sm_{arch}", f"-I{CSRC}",
+               str(CSRC / "fused_linear_cross_entropy.cu"), "-o", lib]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"nvcc failed building {name} (rc {proc.returncode}): {proc.stderr[-2000:]}")
+        return lib
+
+    return build_once(out, compile_into)
 
 
 def load_library() -> ctypes.CDLL | None:
