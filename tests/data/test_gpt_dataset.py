@@ -193,20 +193,31 @@ def test_cache_reused_and_key_covers_every_input(tmp_path, monkeypatch):
     assert m == n + 1
 
 
+INDEX_NAMES = ("document_index", "sample_index", "shuffle_index")
+
+
+def _cached_train(tmp_path, seed: int):
+    """(cfg, build) for a 20-document dataset with an index cache; build() returns its train split (30 samples) once
+    the cache files are written (they are written in the background, index_cache.py)."""
+    prefix, _ = make_prefix(tmp_path, "d", random_docs(np.random.default_rng(seed), 20))
+    cfg = _cfg(prefix, tmp_path)
+
+    def build():
+        ds = build_gpt_datasets(cfg, FilterConfig(), tokenizer(), [30, None, None]).train
+        wait_for_cache_writes()
+        return ds
+    return cfg, build
+
+
 def test_cache_ignores_incomplete_entries(tmp_path):
     """A writer killed before the description was renamed into place leaves no valid-looking cache entry."""
-    rng = np.random.default_rng(4)
-    prefix, _ = make_prefix(tmp_path, "d", random_docs(rng, 20))
-    cfg = _cfg(prefix, tmp_path)
-    ds = build_gpt_datasets(cfg, FilterConfig(), tokenizer(), [30, None, None]).train
-    wait_for_cache_writes()  # the indices are written in the background (index_cache.py)
-    paths, desc = cache_paths(cfg.data_cache_path, "gpt", ds.description,
-                              ("document_index", "sample_index", "shuffle_index"))
+    cfg, build = _cached_train(tmp_path, 4)
+    ds = build()
+    paths, desc = cache_paths(cfg.data_cache_path, "gpt", ds.description, INDEX_NAMES)
     os.remove(desc)
     with open(paths["sample_index"], "wb") as f:  # garbage where a partial write might have been
         f.write(b"junk")
-    ds2 = build_gpt_datasets(cfg, FilterConfig(), tokenizer(), [30, None, None]).train
-    wait_for_cache_writes()
+    ds2 = build()
     np.testing.assert_array_equal(ds.sample_index, ds2.sample_index)
     assert os.path.isfile(desc)
     loaded = np.load(paths["sample_index"], allow_pickle=False)
@@ -223,17 +234,12 @@ def test_too_little_data_is_a_clear_error(tmp_path):
 def test_cache_rebuilds_unreadable_arrays(tmp_path):
     """Description in place but an array truncated (a crash on a filesystem that lost the data): rebuilt, same
     indices, no error."""
-    rng = np.random.default_rng(5)
-    prefix, _ = make_prefix(tmp_path, "d", random_docs(rng, 20))
-    cfg = _cfg(prefix, tmp_path)
-    ds = build_gpt_datasets(cfg, FilterConfig(), tokenizer(), [30, None, None]).train
-    wait_for_cache_writes()  # the indices are written in the background (index_cache.py)
-    paths, desc = cache_paths(cfg.data_cache_path, "gpt", ds.description,
-                              ("document_index", "sample_index", "shuffle_index"))
+    cfg, build = _cached_train(tmp_path, 5)
+    ds = build()
+    paths, _ = cache_paths(cfg.data_cache_path, "gpt", ds.description, INDEX_NAMES)
     with open(paths["shuffle_index"], "r+b") as f:
         f.truncate(20)  # inside the .npy header
-    ds2 = build_gpt_datasets(cfg, FilterConfig(), tokenizer(), [30, None, None]).train
-    wait_for_cache_writes()
+    ds2 = build()
     np.testing.assert_array_equal(ds.shuffle_index, ds2.shuffle_index)
     np.testing.assert_array_equal(np.load(paths["shuffle_index"], allow_pickle=False), ds.shuffle_index)
 
@@ -255,12 +261,11 @@ def test_background_cache_write_is_complete_and_reused_in_process(tmp_path, monk
     real_build = G.build_indices
     monkeypatch.setattr(G, "build_indices", lambda *a, **k: calls.append(1) or real_build(*a, **k))
     ds = build_gpt_datasets(cfg, FilterConfig(), tokenizer(), [30, None, None]).train
-    paths, desc = cache_paths(cfg.data_cache_path, "gpt", ds.description,
-                              ("document_index", "sample_index", "shuffle_index"))
+    paths, desc = cache_paths(cfg.data_cache_path, "gpt", ds.description, INDEX_NAMES)
     assert not os.path.exists(desc)  # returned while the write waits at the gate
     threading.Timer(0.2, gate.set).start()
     ds2 = build_gpt_datasets(cfg, FilterConfig(), tokenizer(), [30, None, None]).train
     assert len(calls) == 1 and isinstance(ds2.sample_index, np.memmap)  # waited, then loaded the files
     wait_for_cache_writes()
-    for name in ("document_index", "sample_index", "shuffle_index"):
+    for name in INDEX_NAMES:
         np.testing.assert_array_equal(np.load(paths[name], allow_pickle=False), getattr(ds, name))
