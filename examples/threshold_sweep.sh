@@ -61,18 +61,8 @@ EVAL_LIMIT=${EVAL_LIMIT:-}                # at most this many documents per eval
 COMPUTE=${COMPUTE:-paper}                 # tools/scaling_report.py --compute
 PYTHON=${PYTHON:-python}
 
-run() {  # run a command, or print it shell-quoted under DRY_RUN=1
-  if [ "$DRY_RUN" = 1 ]; then printf '%q ' "$@"; printf '\n'; else "$@"; fi
-}
-
-launch() {
-  case "$LAUNCHER" in
-    torchrun) run torchrun --standalone --nproc_per_node "$NPROC" pretrain_gpt.py "$@" ;;
-    deepspeed) run deepspeed --num_gpus "$NPROC" pretrain_gpt.py --deepspeed --deepspeed_config "$DS_CONFIG" "$@" ;;
-    python) run "$PYTHON" pretrain_gpt.py "$@" ;;
-    *) echo "unknown LAUNCHER=$LAUNCHER (torchrun | deepspeed | python)" >&2; exit 2 ;;
-  esac
-}
+# shellcheck source=examples/lib/launch.sh
+source examples/lib/launch.sh  # run, launch
 
 case "$LABELER" in
   blocklist) ;;
