@@ -79,9 +79,11 @@ def read_run(path: str, ckpt_step: int | None = None) -> Run:
     return Run(ckpt_dir, config, state)
 
 
-def merged_state_dict(ckpt_dir: str) -> tuple[dict[str, torch.Tensor], ModelConfig, dict]:
-    """(full TP=1, PP=1 state dict, its ModelConfig, config.json) of an iter_* directory."""
-    config = read_json(os.path.join(ckpt_dir, "config.json"))
+def merged_state_dict(ckpt_dir: str, config: dict | None = None) -> tuple[dict[str, torch.Tensor], ModelConfig, dict]:
+    """(full TP=1, PP=1 state dict, its ModelConfig, config.json) of an iter_* directory; `config`: its config.json
+    when the caller has already read it (read_run), so it is not read and verified twice."""
+    if config is None:
+        config = read_json(os.path.join(ckpt_dir, "config.json"))
     mcfg = ModelConfig.from_dict(config["configs"]["model"])
     tp = config["parallel"]["tensor_model_parallel_size"]
     pp = config["parallel"]["pipeline_model_parallel_size"]
@@ -107,7 +109,7 @@ def load_model(path: str, device: str | torch.device = "cpu", ckpt_step: int | N
                dtype: torch.dtype = torch.float32) -> LoadedModel:
     """The whole model of a checkpoint in one process (TP shards merged, PP stages joined), in eval mode."""
     run = read_run(path, ckpt_step)
-    sd, full_cfg, _ = merged_state_dict(run.path)
+    sd, full_cfg, _ = merged_state_dict(run.path, run.config)
     model = GPTModel(full_cfg, None, device=torch.device("meta"))
     model = model.to_empty(device=device)
     missing, unexpected = model.load_state_dict(sd, strict=False)
