@@ -117,8 +117,8 @@ def default_run_name(path: str) -> str:
 def evaluate_checkpoint(path: str, args: ToolArgs, name: str) -> dict:
     t, cfg = args.tool, args.evaluation
     device = torch.device(resolve_device(t.device))
-    model, configs, tokenizer, state, *stats = load_checkpoint(path, device)
-    train_stats = (stats[0] if stats else {}).get("train") or {}
+    model, configs, tokenizer, state, dataset_stats = load_checkpoint(path, device)
+    train_stats = dataset_stats.get("train") or {}
     if args.tokenizer.tokenizer_type:
         tokenizer = args.tokenizer.build()
     if tokenizer is None:

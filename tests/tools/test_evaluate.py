@@ -107,7 +107,7 @@ def test_eval_labels_that_do_not_exist_exit_2(inputs, monkeypatch, capsys):
     tok = demo_tokenizer()
     prefix = str(t / "held_text_document")
     write_dataset(prefix, [tok.tokenize("The patient had a fever.") + [tok.eod]], dtype=np.uint16)
-    monkeypatch.setattr(evaluate_tool, "load_checkpoint", lambda path, device: (_model(), CONFIGS, tok, STATE))
+    monkeypatch.setattr(evaluate_tool, "load_checkpoint", lambda path, device: (_model(), CONFIGS, tok, STATE, {}))
     argv = ["--load", str(t / "ckpt" / "run7"), "--output-dir", str(t / "out2"), "--forget-text", prefix,
             "--eval-labels", "heldout_half", "--no-progress"]
     assert evaluate_tool.main(argv) == 2
