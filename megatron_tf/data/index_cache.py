@@ -36,8 +36,8 @@ log = get_logger(__name__)
 
 # background cache writes of this process: one thread, in submission order (the interpreter joins it at exit)
 _background: ThreadPoolExecutor | None = None
-_pending: dict[str, Future] = {}  # description path -> its write
-_lock = threading.Lock()
+_pending: dict[str, Future] = {}  # description path -> its write, until it finishes
+_lock = threading.RLock()  # RLock: a write that is already done runs its callback inside submit's lock
 
 
 def description_hash(desc: dict) -> str:
@@ -85,7 +85,9 @@ def load_or_build(cache_dir: str | None, kind: str, desc: dict, names: tuple[str
         with _lock:
             if _background is None:
                 _background = ThreadPoolExecutor(1, thread_name_prefix="index-cache")
-            _pending[desc_path] = _background.submit(_save_entry, cache_dir, kind, desc, paths, desc_path, arrays)
+            future = _background.submit(_save_entry, cache_dir, kind, desc, paths, desc_path, arrays)
+            _pending[desc_path] = future
+            future.add_done_callback(lambda f, k=desc_path: _finished(k, f))
     else:
         _save_entry(cache_dir, kind, desc, paths, desc_path, arrays)
     return arrays, False
@@ -97,9 +99,12 @@ def wait_for_cache_writes() -> None:
         pending = list(_pending.values())
     for f in pending:
         f.result()
+
+
+def _finished(desc_path: str, future: Future) -> None:
     with _lock:
-        for k in [k for k, f in _pending.items() if f.done()]:
-            del _pending[k]
+        if _pending.get(desc_path) is future:
+            del _pending[desc_path]
 
 
 def _save_entry(cache_dir: str, kind: str, desc: dict, paths: dict[str, str], desc_path: str,
