@@ -13,8 +13,6 @@ All files are written atomically (temporary name, then rename).
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
 
@@ -22,6 +20,7 @@ from megatron_tf.utils.io import atomic_write
 
 from .plots import plot_all
 from .report_tables import (  # noqa: F401  (fmt_ratio re-exported for tools)
+    csv_text,
     fits_table,
     fmt_ratio,
     frontier_table,
@@ -36,15 +35,6 @@ PRIVILEGED_NOTE = ("privileged: computed with the labels the filter used; shows 
 UNKNOWN_NOTE = ("privileged-unknown: these evaluation JSONs predate the labels block (issue 13), so it is not "
                 "recorded whether the token-level labels are the filter's; the evaluations of that time labelled with "
                 "the filter's own labeler, so read them as privileged")
-
-
-def _csv(rows: list[dict], fields: list[str]) -> str:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n", extrasaction="ignore")
-    w.writeheader()
-    for r in rows:
-        w.writerow({k: "" if r.get(k) is None else (repr(r[k]) if isinstance(r[k], float) else r[k]) for k in fields})
-    return buf.getvalue()
 
 
 FIT_FIELDS = ["convention", "metric", "domain", "variant", "a", "b", "r2", "n", "a_stderr", "b_stderr", "b_ci95_low",
@@ -199,10 +189,10 @@ def write_report(analysis: dict, out_dir: str) -> dict[str, str]:
     paths.update({k: os.path.join(out_dir, v) for k, v in files.items()})
     run_rows, run_fields = _run_rows(analysis)
     sl_rows, sl_fields = _slowdown_csv(analysis)
-    texts = {"json": json.dumps(analysis, indent=1) + "\n", "slowdowns_csv": _csv(sl_rows, sl_fields),
-             "fits_csv": _csv(_fit_rows(analysis), FIT_FIELDS), "runs_csv": _csv(run_rows, run_fields)}
+    texts = {"json": json.dumps(analysis, indent=1) + "\n", "slowdowns_csv": csv_text(sl_rows, sl_fields),
+             "fits_csv": csv_text(_fit_rows(analysis), FIT_FIELDS), "runs_csv": csv_text(run_rows, run_fields)}
     if analysis.get("frontier"):
-        texts["frontier_csv"] = _csv(analysis["frontier"], FRONTIER_FIELDS)
+        texts["frontier_csv"] = csv_text(analysis["frontier"], FRONTIER_FIELDS)
     texts["report"] = render_markdown(analysis, paths, out_dir)
     for k, text in texts.items():  # the report last
         with atomic_write(paths[k], "w") as f:

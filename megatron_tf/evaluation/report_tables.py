@@ -4,9 +4,22 @@ the page next to its numbers."""
 
 from __future__ import annotations
 
+import csv
+import io
 from collections.abc import Callable
 
 from .scaling import ordered_domains
+
+
+def csv_text(rows: list[dict], fields: list[str]) -> str:
+    """CSV of `rows` in the columns `fields` (other keys ignored): None as empty, floats by repr (round-trip exact),
+    "\n" line ends. The evaluation CSVs and the scaling report's CSVs are written by it."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n", extrasaction="ignore")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: "" if r.get(k) is None else (repr(r[k]) if isinstance(r[k], float) else r[k]) for k in fields})
+    return buf.getvalue()
 
 
 def fmt_ratio(x: float | None) -> str:

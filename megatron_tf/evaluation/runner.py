@@ -12,8 +12,6 @@ pipeline stages must be merged first). Output format: docs/evaluation.md ("Evalu
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
 import platform
@@ -26,6 +24,7 @@ from megatron_tf.config.cli import opt
 from megatron_tf.model.flops import num_parameters
 from megatron_tf.utils.io import atomic_write
 
+from . import report_tables
 from .domain_loss import evaluate_documents
 from .eval_sets import MEDMCQA_EXCLUDED_SUBJECTS, MMLU_BIOLOGY_SUBJECTS, MMLU_MEDICAL_SUBJECTS, build_mcq_sets
 from .labels import filter_labels_from_configs, privileged, set_labels
@@ -343,13 +342,8 @@ def result_rows(result: dict) -> list[dict]:
 
 
 def csv_text(rows: list[dict]) -> str:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
-    w.writeheader()
-    for r in rows:
-        w.writerow({k: ("" if r.get(k) is None else (repr(r[k]) if isinstance(r[k], float) else r[k]))
-                    for k in CSV_FIELDS})
-    return buf.getvalue()
+    """The long-format evaluation CSV (CSV_FIELDS) of result_rows()."""
+    return report_tables.csv_text(rows, CSV_FIELDS)
 
 
 def write_results(result: dict, out_dir: str, name: str | None = None) -> tuple[str, str]:
